@@ -1,0 +1,51 @@
+# dspark-k8s developer entry points. Everything runs from a virtualenv at .venv.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint venv system-deps cluster-bins cluster-up cluster-down clean help
+
+help:
+	@echo "make demo          run the whole pipeline on this machine (embedded default)"
+	@echo "make test          install everything the tests need and run them"
+	@echo "make lint          ruff + mypy"
+	@echo "make cluster-up    start the local test Kubernetes control plane (kubeconfig in .cluster/)"
+	@echo "make cluster-down  stop it"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[operator,trainer,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+system-deps:
+	scripts/install-system-deps.sh
+
+cluster-bins: venv
+	scripts/build-cluster-binaries.sh
+
+demo: venv
+	$(VENV)/bin/dspark train --local
+
+test: venv system-deps cluster-bins
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check operator trainer tests benchmarks
+	$(VENV)/bin/mypy
+
+cluster-up: venv cluster-bins
+	$(PY) -m dspark_trainer.testing.cluster up
+
+cluster-down: venv
+	$(PY) -m dspark_trainer.testing.cluster down
+
+clean:
+	rm -rf $(VENV) .cluster .demo

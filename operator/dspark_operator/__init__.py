@@ -1,0 +1,3 @@
+"""dspark_operator: the Kopf operator that reconciles DSparkTrainingJob resources."""
+
+__version__ = "0.1.0"

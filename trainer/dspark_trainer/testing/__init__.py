@@ -1,0 +1,1 @@
+"""Real-part test environments (Kubernetes control plane, Mooncake, Prometheus) for tests and demos."""
