@@ -1,0 +1,93 @@
+"""User-facing DSpark draft options (the `draft` section of a job), with the published defaults.
+
+These are target-independent. The trainer resolves them against the target's Hugging Face
+config into the full model configuration (see ``dspark_trainer.model.config``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from dspark_trainer.config.base import ConfigModel
+
+
+class MarkovHeadType(StrEnum):
+    """Kind of low-rank Markov head that adds a previous-token bias to the draft logits."""
+
+    VANILLA = "vanilla"
+    GATED = "gated"
+    RNN = "rnn"
+
+
+class DraftOptions(ConfigModel):
+    """DSpark draft architecture and loss options. Defaults are the published Qwen3-8B recipe."""
+
+    block_size: int = Field(7, ge=1, le=64, description="Tokens drafted per block (K).")
+    num_draft_layers: int = Field(5, ge=1, le=64, description="Decoder layers in the draft model.")
+    num_anchors: int = Field(
+        512, ge=1, le=16384, description="Anchor positions sampled per training sample (A)."
+    )
+    target_layer_ids: list[int] | None = Field(
+        None,
+        description=(
+            "Target layers whose outputs feed the draft, strictly increasing; -1 is the embedding "
+            "output. Default: evenly spaced from 1 to num_layers-3 of the target."
+        ),
+    )
+    num_target_layers_captured: int = Field(
+        5, ge=1, le=64, description="How many target layers to capture when targetLayerIds is not set (L)."
+    )
+    mask_token_id: int | None = Field(
+        None, ge=0, description="Token id used for the masked draft slots. Default: the target's (Qwen3: 151669)."
+    )
+    markov_head_type: MarkovHeadType = Field(
+        MarkovHeadType.VANILLA, description="Markov head kind: vanilla, gated or rnn."
+    )
+    markov_rank: int = Field(256, ge=0, le=8192, description="Markov head rank r; 0 disables the head (DFlash).")
+    enable_confidence_head: bool = Field(True, description="Train the per-slot confidence head.")
+    confidence_head_with_markov: bool = Field(
+        True, description="Feed the Markov embedding of the previous token to the confidence head."
+    )
+    ce_alpha: float = Field(0.1, ge=0.0, description="Weight of the cross-entropy term.")
+    l1_alpha: float = Field(0.9, ge=0.0, description="Weight of the total-variation (L1) term.")
+    confidence_alpha: float = Field(1.0, ge=0.0, description="Weight of the confidence BCE term.")
+    gamma: float = Field(4.0, gt=0.0, description="Position weight decay: w_j = exp(-j / gamma).")
+    init_from: str | None = Field(
+        None, description="Draft checkpoint directory to initialise the trainable weights from."
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> DraftOptions:
+        ids = self.target_layer_ids
+        if ids is not None:
+            if not ids:
+                raise ValueError("draft.targetLayerIds: must not be empty; omit it to use the default rule")
+            if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+                raise ValueError(f"draft.targetLayerIds: must be strictly increasing, got {ids}")
+            if ids[0] < -1:
+                raise ValueError(f"draft.targetLayerIds: ids must be >= -1 (-1 is the embedding), got {ids}")
+        if self.markov_rank == 0 and self.confidence_head_with_markov and self.enable_confidence_head:
+            raise ValueError(
+                "draft.confidenceHeadWithMarkov: needs markovRank > 0; set it to false or give a markovRank"
+            )
+        if self.ce_alpha + self.l1_alpha + self.confidence_alpha <= 0:
+            raise ValueError("draft: at least one of ceAlpha, l1Alpha, confidenceAlpha must be > 0")
+        if self.confidence_alpha > 0 and not self.enable_confidence_head:
+            raise ValueError(
+                "draft.confidenceAlpha: is > 0 but enableConfidenceHead is false; set confidenceAlpha: 0"
+            )
+        return self
+
+    @classmethod
+    def dflash(cls) -> DraftOptions:
+        """The DFlash baseline: no Markov head, no confidence head, CE loss only."""
+        return cls(
+            markov_rank=0,
+            enable_confidence_head=False,
+            confidence_head_with_markov=False,
+            ce_alpha=1.0,
+            l1_alpha=0.0,
+            confidence_alpha=0.0,
+        )

@@ -1,0 +1,123 @@
+"""The trainer configuration: what `dspark train --config FILE` reads and the operator renders."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from dspark_trainer.config.base import ConfigModel
+from dspark_trainer.config.draft import DraftOptions
+from dspark_trainer.config.transport import TransportConfig
+
+
+class TargetConfig(ConfigModel):
+    """The target model whose hidden states train the draft."""
+
+    model: str = Field(..., min_length=1, description="Hugging Face hub id or local directory of the target.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the target.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Dtype the target runs in and its hidden states are captured in."
+    )
+
+
+class DatasetConfig(ConfigModel):
+    """Training conversations: OpenAI-style `messages` jsonl."""
+
+    path: str = Field(..., min_length=1, description="A jsonl file, a directory of *.jsonl, or a glob.")
+    format: Literal["messages"] = Field("messages", description="Record format: OpenAI-style messages.")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template (inline or a file path). Default: the tokenizer's."
+    )
+    max_length: int = Field(2048, ge=16, le=131072, description="Tokens per sample; longer ones are truncated.")
+    min_loss_tokens: int = Field(
+        2, ge=2, description="Samples with fewer assistant (loss) tokens are skipped and counted."
+    )
+    eval_fraction: float = Field(
+        0.02, ge=0.0, le=0.5, description="Fraction of samples held out for evaluation (deterministic)."
+    )
+
+
+class OptimizerConfig(ConfigModel):
+    """AdamW with linear warm-up and cosine decay."""
+
+    learning_rate: float = Field(6e-4, gt=0, description="Peak learning rate.")
+    min_learning_rate: float = Field(0.0, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_ratio: float = Field(0.04, ge=0, le=1, description="Fraction of steps with linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
+
+    @model_validator(mode="after")
+    def _min_below_peak(self) -> OptimizerConfig:
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"optimizer.minLearningRate ({self.min_learning_rate}) must not exceed "
+                f"optimizer.learningRate ({self.learning_rate})"
+            )
+        return self
+
+
+class ScheduleConfig(ConfigModel):
+    """Batch sizes and run length."""
+
+    micro_batch_size: int = Field(1, ge=1, description="Samples per rank per forward/backward.")
+    global_batch_size: int = Field(
+        512, ge=1, description="Samples per optimizer step over all ranks (a multiple of ranks x microBatchSize)."
+    )
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides numEpochs.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training split (when maxSteps is unset).")
+    seed: int = Field(0, description="Seed for data order, anchor sampling and initialisation.")
+
+
+class CheckpointConfig(ConfigModel):
+    """Distributed checkpoints for resume."""
+
+    dir: str = Field("/output/checkpoints", description="Directory for distributed checkpoints.")
+    interval_steps: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and on SIGTERM).")
+    keep_last: int = Field(3, ge=1, description="How many complete checkpoints to keep.")
+
+
+class EvalConfig(ConfigModel):
+    """Periodic evaluation on the held-out split."""
+
+    interval_steps: int = Field(200, ge=1, description="Evaluate every N optimizer steps and at the end.")
+    max_samples: int = Field(64, ge=1, description="Held-out samples per evaluation.")
+
+
+class CaptureClientConfig(ConfigModel):
+    """How trainer ranks ask capture servers for hidden states."""
+
+    endpoints: list[str] = Field(
+        default_factory=list, description="Base URLs of the capture servers (SGLang or reference)."
+    )
+    window: int = Field(4, ge=1, le=256, description="Requests in flight per rank (back-pressure).")
+    request_timeout_seconds: float = Field(120.0, gt=0, description="Timeout of one capture request.")
+    max_retries: int = Field(20, ge=0, description="Retries of one sample before the run fails.")
+
+
+class MetricsConfig(ConfigModel):
+    """Prometheus metrics and the JSON progress endpoint served by rank 0."""
+
+    enabled: bool = Field(True, description="Serve /metrics and /progress on rank 0.")
+    port: int = Field(9400, ge=0, le=65535, description="Port of the metrics server (0 picks a free port).")
+    status_interval_seconds: float = Field(
+        10.0, gt=0, description="Minimum seconds between status.progress patches to the job."
+    )
+
+
+class TrainerConfig(ConfigModel):
+    """Everything one training run needs; the operator renders this into the job's ConfigMap."""
+
+    target: TargetConfig
+    draft: DraftOptions = Field(default_factory=DraftOptions)
+    dataset: DatasetConfig
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    capture: CaptureClientConfig = Field(default_factory=CaptureClientConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    output_dir: str = Field("/output/draft", description="Where the exported draft checkpoint is written.")
