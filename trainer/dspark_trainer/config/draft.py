@@ -6,6 +6,7 @@ config into the full model configuration (see ``dspark_trainer.model.config``).
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 
 from pydantic import Field, model_validator
@@ -64,7 +65,7 @@ class DraftOptions(ConfigModel):
         if ids is not None:
             if not ids:
                 raise ValueError("draft.targetLayerIds: must not be empty; omit it to use the default rule")
-            if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(ids)):
                 raise ValueError(f"draft.targetLayerIds: must be strictly increasing, got {ids}")
             if ids[0] < -1:
                 raise ValueError(f"draft.targetLayerIds: ids must be >= -1 (-1 is the embedding), got {ids}")
