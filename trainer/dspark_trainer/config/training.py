@@ -1,10 +1,18 @@
-"""The trainer configuration: what `dspark train --config FILE` reads and the operator renders."""
+"""The trainer configuration: what `dspark train --config FILE` reads and the operator renders.
+
+Values starting with ``builtin:`` name things shipped with the package: the dataset
+``builtin:demo-conversations`` (a small bundled conversation set) and, for
+`dspark train --local` only, the target ``builtin:tiny-qwen3`` (a tiny random Qwen3 created on disk).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+import yaml
+from pydantic import Field, ValidationError, model_validator
 
 from dspark_trainer.config.base import ConfigModel
 from dspark_trainer.config.draft import DraftOptions
@@ -36,6 +44,14 @@ class DatasetConfig(ConfigModel):
     eval_fraction: float = Field(
         0.02, ge=0.0, le=0.5, description="Fraction of samples held out for evaluation (deterministic)."
     )
+    eval_path: str | None = Field(
+        None, description="Separate held-out conversations (jsonl, directory or glob); overrides evalFraction."
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3.",
+    )
+    shuffle: bool = Field(True, description="Shuffle the training split with a seeded permutation per epoch.")
 
 
 class OptimizerConfig(ConfigModel):
@@ -95,6 +111,13 @@ class CaptureClientConfig(ConfigModel):
     window: int = Field(4, ge=1, le=256, description="Requests in flight per rank (back-pressure).")
     request_timeout_seconds: float = Field(120.0, gt=0, description="Timeout of one capture request.")
     max_retries: int = Field(20, ge=0, description="Retries of one sample before the run fails.")
+    mode: Literal["remote", "inline"] = Field(
+        "remote",
+        description=(
+            "remote: ask the capture servers in `endpoints` (through Mooncake). inline: every rank runs the "
+            "target itself (small targets and tests only; no capture server, no Mooncake)."
+        ),
+    )
 
 
 class MetricsConfig(ConfigModel):
@@ -105,6 +128,33 @@ class MetricsConfig(ConfigModel):
     status_interval_seconds: float = Field(
         10.0, gt=0, description="Minimum seconds between status.progress patches to the job."
     )
+
+
+class RuntimeConfig(ConfigModel):
+    """How the trainer process runs: device, precision, logging, completion behaviour."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA (NCCL) when a GPU is visible, else CPU (gloo)."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description=(
+            "FSDP2 parameter dtype (gradients are always reduced in fp32). auto: bf16 on CUDA, fp32 on CPU "
+            "(bf16 FSDP2 works on gloo but CPU bf16 matmuls are slow)."
+        ),
+    )
+    exit_on_complete: bool = Field(
+        False,
+        description=(
+            "Exit when training is done. Default false: report Completed and stay alive until SIGTERM, because "
+            "a StatefulSet restarts exited pods. Also set by DSPARK_EXIT_ON_COMPLETE=1 or --exit-on-complete."
+        ),
+    )
+    log_interval_steps: int = Field(10, ge=1, description="Log a line every N optimizer steps (rank 0).")
+    sample_log_dir: str | None = Field(
+        None, description="Write the sample ids of every optimizer step, one jsonl file per rank (audits, tests)."
+    )
+    dist_timeout_seconds: float = Field(1800.0, gt=0, description="Timeout of collective operations.")
 
 
 class TrainerConfig(ConfigModel):
@@ -120,4 +170,60 @@ class TrainerConfig(ConfigModel):
     capture: CaptureClientConfig = Field(default_factory=CaptureClientConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: str = Field("/output/draft", description="Where the exported draft checkpoint is written.")
+
+    @model_validator(mode="after")
+    def _check_run(self) -> TrainerConfig:
+        sched = self.schedule
+        if sched.global_batch_size % sched.micro_batch_size:
+            raise ValueError(
+                f"schedule.globalBatchSize ({sched.global_batch_size}) must be a multiple of "
+                f"schedule.microBatchSize ({sched.micro_batch_size})"
+            )
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainerConfig:
+        """Read a YAML or JSON config file; raises ConfigError naming the offending field."""
+        return cls.from_mapping(read_config_mapping(path), source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: object, source: str = "config") -> TrainerConfig:
+        """Validate a parsed config; raises ConfigError naming the offending field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+
+
+class ConfigError(ValueError):
+    """A configuration problem found at start, with the field named in the message."""
+
+
+def read_config_mapping(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML or JSON file into a dict (JSON is YAML, but JSON errors read better from json)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text()
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One line per problem: `field.path: message`."""
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; unknown keys are errors)"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
+    return "\n".join(lines)
