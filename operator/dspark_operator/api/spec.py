@@ -1,0 +1,403 @@
+"""The `spec` of a DSparkTrainingJob: the single source of the CRD's spec schema.
+
+Every field has a description (it becomes `kubectl explain` text). Constraints a CRD
+schema can express live on the fields (ranges, enums, patterns) or as CEL rules
+(`x-kubernetes-validations`, added by :mod:`dspark_operator.crdgen`); the rest are
+checked by :func:`dspark_operator.api.validation.validate_job`, which the operator runs
+before creating anything (a failure is reported as `Failed`/`InvalidSpec`).
+
+Shared trainer-side models (`DraftOptions`, `OptimizerConfig`, ...) are reused as they
+are, so a field means the same thing in the CRD and in the rendered trainer config.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from dspark_trainer.config import (
+    CaptureClientConfig,
+    CheckpointConfig,
+    ConfigModel,
+    DatasetConfig,
+    DraftOptions,
+    EvalConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    TransportConfig,
+    TransportProtocol,
+)
+from pydantic import AfterValidator, Field, WithJsonSchema
+
+# The Kubernetes resource.Quantity grammar (as in the apimachinery OpenAPI schema).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+# DNS-1123 subdomain (names of Secrets, PVCs, PriorityClasses, ...).
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A qualified name such as `nvidia.com/gpu` or `rdma/hca` (extended resource names).
+RESOURCE_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and not _QUANTITY_RE.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 4, 16Gi)")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"quantity must not be negative, got {value}")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+class ResourceRequirements(ConfigModel):
+    """Extra compute resources for a container (CPU, memory, ...). GPUs and RDMA devices are
+    added by the operator from the dedicated fields; do not list them here."""
+
+    requests: dict[Annotated[str, Field(pattern=RESOURCE_NAME)], Quantity] = Field(
+        default_factory=dict, description="Minimum resources the container needs, e.g. {cpu: 8, memory: 64Gi}."
+    )
+    limits: dict[Annotated[str, Field(pattern=RESOURCE_NAME)], Quantity] = Field(
+        default_factory=dict, description="Maximum resources the container may use, e.g. {memory: 128Gi}."
+    )
+
+
+class SecretKeyRef(ConfigModel):
+    """A key of a Secret in the job's namespace."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Secret name.")
+    key: str = Field("token", min_length=1, max_length=253, description="Key in the Secret holding the value.")
+
+
+class EnvVar(ConfigModel):
+    """A plain environment variable for a container."""
+
+    name: str = Field(..., min_length=1, max_length=256, pattern=ENV_NAME, description="Variable name.")
+    value: str = Field("", description="Variable value.")
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------
+
+
+class TargetSpec(ConfigModel):
+    """The target model whose hidden states train the draft. Immutable after creation: the draft is
+    trained for exactly this model."""
+
+    model: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Hugging Face hub id (e.g. Qwen/Qwen3-8B) or a directory inside the pods "
+            "(e.g. /models/qwen3-8b when modelClaimName mounts a volume at /models). Immutable."
+        ),
+    )
+    revision: str | None = Field(
+        None, min_length=1, max_length=256, description="Hub revision (branch, tag or commit) of the target. Immutable."
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Dtype the target runs in and its hidden states are captured in. Immutable."
+    )
+    model_claim_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description="PersistentVolumeClaim with model weights, mounted read-only at /models in every pod.",
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token, exposed as HF_TOKEN to inference and trainer pods."
+    )
+
+
+class DatasetSpec(DatasetConfig):
+    """Training conversations (OpenAI-style `messages` jsonl), read by the trainer pods."""
+
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "A jsonl file, a directory of *.jsonl, or a glob, as seen inside the trainer pods "
+            "(e.g. /data/train.jsonl when claimName mounts a volume at /data)."
+        ),
+    )
+    claim_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description="PersistentVolumeClaim holding the dataset, mounted read-only at /data in the trainer pods.",
+    )
+
+
+class InferenceSpec(ConfigModel):
+    """SGLang servers that run the target and capture its hidden states into Mooncake."""
+
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="SGLang image with the dspark capture plugin. Default: the operator's configured serving image.",
+    )
+    replicas: int = Field(1, ge=1, le=1024, description="Number of SGLang servers (each one serves the whole target).")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="Tensor-parallel size of each server (--tp-size).")
+    gpus: int | None = Field(
+        None, ge=0, le=64, description="GPUs per server. Default: tensorParallelSize. Must be >= tensorParallelSize."
+    )
+    port: int = Field(30000, ge=1, le=65535, description="HTTP port of the servers.")
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="CPU/memory for each server; GPUs come from `gpus`."
+    )
+    shm_size: Quantity = Field("16Gi", description="Size limit of the memory-backed /dev/shm volume.")
+    mem_fraction_static: float | None = Field(
+        None, gt=0, lt=1, description="SGLang --mem-fraction-static (fraction of GPU memory for weights and KV cache)."
+    )
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=128, description="Extra command-line arguments for sglang.launch_server."
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment variables.")
+
+
+class CaptureSpec(ConfigModel):
+    """How trainer ranks ask the inference servers for hidden states."""
+
+    window: int = Field(4, ge=1, le=256, description=CaptureClientConfig.model_fields["window"].description)
+    request_timeout_seconds: float = Field(
+        120.0, gt=0, description=CaptureClientConfig.model_fields["request_timeout_seconds"].description
+    )
+    max_retries: int = Field(20, ge=0, description=CaptureClientConfig.model_fields["max_retries"].description)
+
+
+class CheckpointSpec(ConfigModel):
+    """How often the trainer checkpoints (the directory is output.mountPath/output.checkpointDir)."""
+
+    interval_steps: int = Field(
+        500, ge=1, description=CheckpointConfig.model_fields["interval_steps"].description
+    )
+    keep_last: int = Field(3, ge=1, le=1000, description=CheckpointConfig.model_fields["keep_last"].description)
+
+
+class OutputSpec(ConfigModel):
+    """Where checkpoints and the exported draft are written."""
+
+    claim_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description=(
+            "PersistentVolumeClaim mounted at mountPath in the trainer pods (ReadWriteMany for more than one node). "
+            "Without it an emptyDir is used and the result is lost with the pods (testing only)."
+        ),
+    )
+    mount_path: str = Field(
+        "/output", min_length=2, max_length=1024, pattern=r"^/.*", description="Mount path of the output volume."
+    )
+    draft_dir: str = Field(
+        "draft", min_length=1, max_length=1024, description="Directory under mountPath for the exported draft."
+    )
+    checkpoint_dir: str = Field(
+        "checkpoints", min_length=1, max_length=1024, description="Directory under mountPath for checkpoints."
+    )
+
+
+class TrainerSpec(ConfigModel):
+    """The torchrun FSDP2 trainer: a StatefulSet with one pod per node."""
+
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Trainer image. Default: the operator's configured trainer image.",
+    )
+    nodes: int = Field(1, ge=1, le=1024, description="Trainer pods (torchrun --nnodes).")
+    gpus_per_node: int = Field(
+        8, ge=0, le=16, description="GPUs per trainer pod (torchrun --nproc-per-node); 0 runs one CPU process per pod."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="CPU/memory for each trainer pod; GPUs come from gpusPerNode."
+    )
+    optimizer: OptimizerConfig = Field(
+        default_factory=OptimizerConfig, description="AdamW learning rate, warm-up and cosine schedule."
+    )
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="Batch sizes, run length (maxSteps or numEpochs) and seed."
+    )
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="Checkpoint interval and retention (the directory: see output)."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Periodic evaluation on the held-out split.")
+    capture: CaptureSpec = Field(default_factory=CaptureSpec, description="Hidden-state requests to inference.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Output volume for checkpoints and the draft.")
+    termination_grace_period_seconds: int = Field(
+        300, ge=0, le=86400, description="Seconds a trainer pod gets after SIGTERM to write a checkpoint."
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment variables.")
+
+
+class TransportSpec(ConfigModel):
+    """The Mooncake transport between inference and trainer pods."""
+
+    protocol: TransportProtocol = Field(
+        TransportProtocol.RDMA,
+        description="Mooncake protocol: rdma (default; needs RDMA devices on the nodes) or tcp.",
+    )
+    device_names: str = Field(
+        "", max_length=1024, description=TransportConfig.model_fields["device_names"].description
+    )
+    rdma_resource_name: str = Field(
+        "rdma/hca",
+        min_length=1,
+        max_length=253,
+        pattern=RESOURCE_NAME,
+        description="Extended resource that grants RDMA devices to a pod (e.g. rdma/hca, rdma/ib); protocol rdma.",
+    )
+    rdma_resource_count: int = Field(1, ge=1, le=64, description="How many of rdmaResourceName each pod requests.")
+    global_segment_size: int = Field(
+        4096 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description=f"{TransportConfig.model_fields['global_segment_size'].description} (bytes)",
+    )
+    local_buffer_size: int = Field(
+        1024 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description=f"{TransportConfig.model_fields['local_buffer_size'].description} (bytes)",
+    )
+    key_ttl_seconds: float = Field(
+        600.0, gt=0, description=TransportConfig.model_fields["key_ttl_seconds"].description
+    )
+    master_image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Image with mooncake_master for the master Deployment. Default: the trainer image.",
+    )
+    master_resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, description="CPU/memory for the Mooncake master."
+    )
+
+
+class RunPolicySpec(ConfigModel):
+    """Restarts, deadlines, clean-up and suspension, as for Kubernetes Jobs."""
+
+    backoff_limit: int = Field(
+        3, ge=0, le=1000, description="Gang restarts of the trainer allowed before the job is marked Failed."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Seconds the job may run (from start or last resume) before it is marked Failed."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job (and its children) this many seconds after it Succeeded or Failed."
+    )
+    suspend: bool = Field(
+        False,
+        description=(
+            "true: ask the trainer to checkpoint, then scale every child to zero. false: scale back up; the trainer "
+            "resumes from its latest checkpoint."
+        ),
+    )
+    suspend_timeout_seconds: int = Field(
+        600, ge=0, le=86400, description="Longest wait for the trainer's checkpoint before suspending anyway."
+    )
+
+
+class TolerationOperator(StrEnum):
+    """Toleration operator."""
+
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    """Taint effect."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(ConfigModel):
+    """A pod toleration (same meaning as in a Pod spec)."""
+
+    key: str | None = Field(None, max_length=316, description="Taint key; empty with operator Exists matches all.")
+    operator: TolerationOperator = Field(TolerationOperator.EQUAL, description="Exists or Equal.")
+    value: str | None = Field(None, max_length=63, description="Taint value for operator Equal.")
+    effect: TaintEffect | None = Field(None, description="Taint effect to match; empty matches all effects.")
+    toleration_seconds: int | None = Field(
+        None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class SchedulingSpec(ConfigModel):
+    """Where and with which priority the job's pods run."""
+
+    priority_class_name: str | None = Field(
+        None, min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of every pod."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels every pod requires (e.g. a GPU product label)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=64, description="Tolerations of every pod (e.g. for tainted GPU nodes)."
+    )
+    scheduler_name: str | None = Field(
+        None, min_length=1, max_length=253, description="Scheduler for every pod (e.g. a gang scheduler)."
+    )
+    queue_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        description="Kueue LocalQueue: sets the kueue.x-k8s.io/queue-name label on the workloads and pods.",
+    )
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu", min_length=1, max_length=253, pattern=RESOURCE_NAME, description="Extended resource of GPUs."
+    )
+
+
+class MetricsSpec(ConfigModel):
+    """Prometheus metrics of the trainer (rank 0), SGLang and the Mooncake master."""
+
+    enabled: bool = Field(True, description="Serve metrics (trainer /metrics on port) and label pods for scraping.")
+    port: int = Field(9400, ge=1, le=65535, description="Port of the trainer's metrics server.")
+    pod_monitor: bool = Field(
+        True,
+        description="Create a PodMonitor (monitoring.coreos.com/v1) when the Prometheus Operator API exists.",
+    )
+    interval: str = Field(
+        "30s", pattern=r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$", description="Scrape interval."
+    )
+
+
+class DSparkTrainingJobSpec(ConfigModel):
+    """Desired state of a DSpark draft training job."""
+
+    target: TargetSpec = Field(..., description="The target model (immutable).")
+    draft: DraftOptions = Field(
+        default_factory=DraftOptions,
+        description="DSpark draft architecture and loss options; architecture fields are immutable.",
+    )
+    dataset: DatasetSpec = Field(..., description="Training data.")
+    inference: InferenceSpec = Field(default_factory=InferenceSpec, description="SGLang capture servers.")
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="The torchrun trainer gang.")
+    transport: TransportSpec = Field(default_factory=TransportSpec, description="Mooncake transport.")
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts, deadline, TTL, suspend.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and priority.")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics and PodMonitor.")

@@ -1,0 +1,17 @@
+"""Pure manifest builders: every child of a job is a function of (job identity, spec, operator settings).
+
+Nothing here talks to the API server; the reconciler applies what these functions return.
+"""
+
+from dspark_operator.builders.common import BuildContext, ChildNames, child_names
+from dspark_operator.builders.config import render_trainer_config
+from dspark_operator.builders.jobset import build_children, workload_replicas
+
+__all__ = [
+    "BuildContext",
+    "ChildNames",
+    "build_children",
+    "child_names",
+    "render_trainer_config",
+    "workload_replicas",
+]

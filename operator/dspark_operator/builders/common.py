@@ -1,0 +1,220 @@
+"""Names, labels, owner references and pod-level settings shared by every builder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from dspark_trainer.config import TransportProtocol
+
+from dspark_operator import __version__
+from dspark_operator.api.spec import DSparkTrainingJobSpec, ResourceRequirements
+from dspark_operator.constants import (
+    ANNOTATION_SPEC_HASH,
+    API_VERSION,
+    APP_NAME,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_JOB_NAME,
+    LABEL_KUEUE_QUEUE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+    LABEL_VERSION,
+    MANAGED_BY,
+)
+
+Manifest = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildNames:
+    """Names of a job's children (all `<job>-<suffix>`)."""
+
+    mooncake: str
+    inference: str
+    trainer: str
+    config: str
+    service_account: str
+    role: str
+    role_binding: str
+    pod_monitor: str
+
+
+def child_names(job_name: str) -> ChildNames:
+    """The deterministic names of the children of job `job_name`."""
+    return ChildNames(
+        mooncake=f"{job_name}-mooncake",
+        inference=f"{job_name}-inference",
+        trainer=f"{job_name}-trainer",
+        config=f"{job_name}-config",
+        service_account=f"{job_name}-trainer",
+        role=f"{job_name}-trainer",
+        role_binding=f"{job_name}-trainer",
+        pod_monitor=f"{job_name}",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """Everything a builder may depend on."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: DSparkTrainingJobSpec
+    trainer_image: str
+    inference_image: str
+    podmonitor_available: bool = False
+
+    @property
+    def names(self) -> ChildNames:
+        """Child names of this job."""
+        return child_names(self.name)
+
+    @property
+    def rdma(self) -> bool:
+        """Whether the transport uses RDMA."""
+        return self.spec.transport.protocol == TransportProtocol.RDMA.value
+
+    def svc_host(self, service: str) -> str:
+        """Cluster DNS name of one of this job's Services."""
+        return f"{service}.{self.namespace}.svc"
+
+
+def selector_labels(ctx: BuildContext, component: str) -> dict[str, str]:
+    """The stable labels used in selectors (never change for a job's lifetime)."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: ctx.name, LABEL_COMPONENT: component}
+
+
+def labels(ctx: BuildContext, component: str) -> dict[str, str]:
+    """The full label set of a child."""
+    out = {
+        **selector_labels(ctx, component),
+        LABEL_PART_OF: APP_NAME,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_VERSION: __version__,
+        LABEL_JOB_NAME: ctx.name,
+    }
+    return out
+
+
+def workload_labels(ctx: BuildContext, component: str) -> dict[str, str]:
+    """Labels for workloads and their pods: the child labels plus the Kueue queue, if any."""
+    out = labels(ctx, component)
+    if ctx.spec.scheduling.queue_name:
+        out[LABEL_KUEUE_QUEUE] = ctx.spec.scheduling.queue_name
+    return out
+
+
+def owner_reference(ctx: BuildContext) -> dict[str, Any]:
+    """The controller owner reference to the job (garbage collection, blockOwnerDeletion)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": ctx.name,
+        "uid": ctx.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(ctx: BuildContext, name: str, component: str, *, workload: bool = False) -> dict[str, Any]:
+    """Object metadata of a child."""
+    return {
+        "name": name,
+        "namespace": ctx.namespace,
+        "labels": workload_labels(ctx, component) if workload else labels(ctx, component),
+        "ownerReferences": [owner_reference(ctx)],
+    }
+
+
+def pod_scheduling(ctx: BuildContext) -> dict[str, Any]:
+    """Pod spec fields from spec.scheduling."""
+    sched = ctx.spec.scheduling
+    out: dict[str, Any] = {}
+    if sched.node_selector:
+        out["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        out["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in sched.tolerations]
+    if sched.priority_class_name:
+        out["priorityClassName"] = sched.priority_class_name
+    if sched.scheduler_name:
+        out["schedulerName"] = sched.scheduler_name
+    return out
+
+
+def container_resources(
+    ctx: BuildContext, base: ResourceRequirements, *, gpus: int, rdma: bool
+) -> dict[str, dict[str, Any]]:
+    """requests/limits: the user's CPU/memory plus GPUs and RDMA devices (extended resources: requests == limits)."""
+    requests: dict[str, Any] = dict(base.requests)
+    limits: dict[str, Any] = dict(base.limits)
+    extended: dict[str, int] = {}
+    if gpus > 0:
+        extended[ctx.spec.scheduling.gpu_resource_name] = gpus
+    if rdma:
+        extended[ctx.spec.transport.rdma_resource_name] = ctx.spec.transport.rdma_resource_count
+    requests.update(extended)
+    limits.update(extended)
+    out: dict[str, dict[str, Any]] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def security_context(*, rdma: bool) -> dict[str, Any]:
+    """Container security context: never privileged; IPC_LOCK (pinned memory registration) for RDMA."""
+    out: dict[str, Any] = {"privileged": False}
+    if rdma:
+        out["capabilities"] = {"add": ["IPC_LOCK"]}
+    return out
+
+
+def mooncake_env(ctx: BuildContext) -> list[dict[str, Any]]:
+    """Mooncake client environment (the names `MooncakeConfig.load_from_env` reads)."""
+    tr = ctx.spec.transport
+    host = ctx.svc_host(ctx.names.mooncake)
+    from dspark_operator.constants import MOONCAKE_METADATA_PORT, MOONCAKE_RPC_PORT
+
+    env: list[dict[str, Any]] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MOONCAKE_MASTER", "value": f"{host}:{MOONCAKE_RPC_PORT}"},
+        {"name": "MOONCAKE_TE_META_DATA_SERVER", "value": f"http://{host}:{MOONCAKE_METADATA_PORT}/metadata"},
+        {"name": "MOONCAKE_PROTOCOL", "value": str(tr.protocol)},
+        {"name": "MOONCAKE_LOCAL_HOSTNAME", "value": "$(POD_IP)"},
+        {"name": "MOONCAKE_GLOBAL_SEGMENT_SIZE", "value": str(tr.global_segment_size)},
+        {"name": "MOONCAKE_LOCAL_BUFFER_SIZE", "value": str(tr.local_buffer_size)},
+    ]
+    if tr.device_names:
+        env.append({"name": "MOONCAKE_DEVICE", "value": tr.device_names})
+    return env
+
+
+def hf_token_env(ctx: BuildContext) -> list[dict[str, Any]]:
+    """HF_TOKEN from the referenced Secret, if any."""
+    ref = ctx.spec.target.hf_token_secret_ref
+    if ref is None:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def spec_hash(manifest: Mapping[str, Any]) -> str:
+    """A stable hash of a manifest (without the hash annotation itself)."""
+    data = json.loads(json.dumps(manifest, sort_keys=True, default=str))
+    annotations = data.get("metadata", {}).get("annotations", {})
+    annotations.pop(ANNOTATION_SPEC_HASH, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def with_hash(manifest: Manifest) -> Manifest:
+    """The manifest with its spec-hash annotation set (used to skip no-op applies)."""
+    digest = spec_hash(manifest)
+    manifest.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = digest
+    return manifest

@@ -1,0 +1,204 @@
+"""The trainer gang: a StatefulSet (Parallel, one pod per node, OnDelete updates) + headless Service.
+
+Every pod runs `torchrun --nnodes N --nproc-per-node G --node-rank <ordinal>` with the rendezvous at
+pod 0 of the headless Service (port 29500). The ordinal comes from the pod-index label
+(`apps.kubernetes.io/pod-index`, via the downward API) or, on older clusters, the pod name suffix.
+Updates use `OnDelete`: the operator restarts the whole gang itself, never one pod at a time.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from dspark_operator.builders.common import (
+    BuildContext,
+    Manifest,
+    container_resources,
+    hf_token_env,
+    metadata,
+    mooncake_env,
+    pod_scheduling,
+    security_context,
+    selector_labels,
+    with_hash,
+    workload_labels,
+)
+from dspark_operator.constants import (
+    COMPONENT_TRAINER,
+    CONFIG_MOUNT,
+    DATA_MOUNT,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    ENV_JOB_UID,
+    ENV_POD_INDEX,
+    ENV_POD_NAME,
+    LABEL_POD_INDEX,
+    MODELS_MOUNT,
+    TRAINER_CONFIG_FILE,
+    TRAINER_RDZV_PORT,
+)
+
+TRAINER_MODULE = "dspark_trainer.cli"
+
+
+def rendezvous_host(ctx: BuildContext) -> str:
+    """DNS name of trainer pod 0 through the headless Service."""
+    return f"{ctx.names.trainer}-0.{ctx.names.trainer}.{ctx.namespace}.svc"
+
+
+def torchrun_args(ctx: BuildContext) -> list[str]:
+    """torchrun arguments without the node rank (which each pod adds from its ordinal)."""
+    tr = ctx.spec.trainer
+    return [
+        "torchrun",
+        "--nnodes",
+        str(tr.nodes),
+        "--nproc-per-node",
+        str(max(tr.gpus_per_node, 1)),
+        "--master-addr",
+        rendezvous_host(ctx),
+        "--master-port",
+        str(TRAINER_RDZV_PORT),
+        "-m",
+        TRAINER_MODULE,
+        "train",
+        "--config",
+        f"{CONFIG_MOUNT}/{TRAINER_CONFIG_FILE}",
+    ]
+
+
+def trainer_script(ctx: BuildContext) -> str:
+    """The shell entry point of a trainer pod.
+
+    It derives the node rank, runs torchrun (forwarding SIGTERM so the trainer can checkpoint) and,
+    after a successful run, idles until the operator scales the gang down (so a finished run is not
+    restarted by the pod's restartPolicy: Always).
+    """
+    cmd = torchrun_args(ctx)
+    head = " ".join(shlex.quote(a) for a in cmd[:9])
+    tail = " ".join(shlex.quote(a) for a in cmd[9:])
+    return "\n".join(
+        [
+            "set -u",
+            'child=""',
+            "trap '[ -z \"$child\" ] || kill -TERM \"$child\" 2>/dev/null' TERM INT",
+            f'rank="${{{ENV_POD_INDEX}:-}}"',
+            f'[ -n "$rank" ] || rank="${{{ENV_POD_NAME}##*-}}"',
+            f'{head} --node-rank "$rank" {tail} &',
+            "child=$!",
+            'wait "$child"; rc=$?',
+            'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done',
+            '[ "$rc" -eq 0 ] || exit "$rc"',
+            'echo "dspark: training finished; idle until the operator scales the trainer down"',
+            "trap 'exit 0' TERM INT",
+            "while :; do sleep 5 & wait $!; done",
+        ]
+    )
+
+
+def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None) -> Manifest:
+    """The trainer StatefulSet (replicas = nodes, or 0 when the job is scaled down)."""
+    tr = ctx.spec.trainer
+    env: list[dict[str, Any]] = [
+        {"name": ENV_JOB_NAME, "value": ctx.name},
+        {"name": ENV_JOB_NAMESPACE, "value": ctx.namespace},
+        {"name": ENV_JOB_UID, "value": ctx.uid},
+        {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": ENV_POD_INDEX, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{LABEL_POD_INDEX}']"}}},
+        {"name": "DSPARK_CONFIG", "value": f"{CONFIG_MOUNT}/{TRAINER_CONFIG_FILE}"},
+        *mooncake_env(ctx),
+        *hf_token_env(ctx),
+    ]
+    if ctx.rdma and ctx.spec.transport.device_names:
+        env.append({"name": "NCCL_IB_HCA", "value": ctx.spec.transport.device_names})
+    env += [{"name": e.name, "value": e.value} for e in tr.env]
+
+    out = tr.output
+    volume_mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "output", "mountPath": out.mount_path},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": ctx.names.config}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        (
+            {"name": "output", "persistentVolumeClaim": {"claimName": out.claim_name}}
+            if out.claim_name
+            else {"name": "output", "emptyDir": {}}
+        ),
+    ]
+    if ctx.spec.dataset.claim_name:
+        volume_mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})
+        volumes.append(
+            {"name": "data", "persistentVolumeClaim": {"claimName": ctx.spec.dataset.claim_name, "readOnly": True}}
+        )
+    if ctx.spec.target.model_claim_name:
+        volume_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+        volumes.append(
+            {
+                "name": "models",
+                "persistentVolumeClaim": {"claimName": ctx.spec.target.model_claim_name, "readOnly": True},
+            }
+        )
+    ports = [{"name": "rdzv", "containerPort": TRAINER_RDZV_PORT, "protocol": "TCP"}]
+    if ctx.spec.metrics.enabled:
+        ports.append({"name": "metrics", "containerPort": ctx.spec.metrics.port, "protocol": "TCP"})
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": tr.image or ctx.trainer_image,
+        "command": ["/bin/sh", "-c", trainer_script(ctx)],
+        "env": env,
+        "ports": ports,
+        "resources": container_resources(ctx, tr.resources, gpus=tr.gpus_per_node, rdma=ctx.rdma),
+        "securityContext": security_context(rdma=ctx.rdma),
+        "volumeMounts": volume_mounts,
+    }
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": metadata(ctx, ctx.names.trainer, COMPONENT_TRAINER, workload=True),
+            "spec": {
+                "replicas": tr.nodes if replicas is None else replicas,
+                "serviceName": ctx.names.trainer,
+                "podManagementPolicy": "Parallel",
+                "updateStrategy": {"type": "OnDelete"},
+                "selector": {"matchLabels": selector_labels(ctx, COMPONENT_TRAINER)},
+                "template": {
+                    "metadata": {"labels": workload_labels(ctx, COMPONENT_TRAINER)},
+                    "spec": {
+                        "serviceAccountName": ctx.names.service_account,
+                        "automountServiceAccountToken": True,
+                        "enableServiceLinks": False,
+                        "restartPolicy": "Always",
+                        "terminationGracePeriodSeconds": tr.termination_grace_period_seconds,
+                        "containers": [container],
+                        "volumes": volumes,
+                        **pod_scheduling(ctx),
+                    },
+                },
+            },
+        }
+    )
+
+
+def build_trainer_service(ctx: BuildContext) -> Manifest:
+    """Headless Service giving each trainer pod a stable DNS name (also before it is ready)."""
+    ports = [{"name": "rdzv", "port": TRAINER_RDZV_PORT, "targetPort": "rdzv", "protocol": "TCP"}]
+    if ctx.spec.metrics.enabled:
+        ports.append({"name": "metrics", "port": ctx.spec.metrics.port, "targetPort": "metrics", "protocol": "TCP"})
+    return with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(ctx, ctx.names.trainer, COMPONENT_TRAINER),
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": selector_labels(ctx, COMPONENT_TRAINER),
+                "ports": ports,
+            },
+        }
+    )

@@ -1,0 +1,66 @@
+"""Names shared by the API, the builders and the reconciler."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "dspark.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "DSparkTrainingJob"
+PLURAL: Final = "dsparktrainingjobs"
+SINGULAR: Final = "dsparktrainingjob"
+SHORT_NAMES: Final = ("dsj",)
+CATEGORIES: Final = ("dspark",)
+
+FIELD_MANAGER: Final = "dspark-operator"
+APP_NAME: Final = "dspark"
+MANAGED_BY: Final = "dspark-operator"
+
+# Labels on every child (the app.kubernetes.io ones are the recommended set).
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_VERSION: Final = "app.kubernetes.io/version"
+LABEL_JOB_NAME: Final = "dspark.io/job-name"
+LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+LABEL_POD_INDEX: Final = "apps.kubernetes.io/pod-index"
+ANNOTATION_SPEC_HASH: Final = "dspark.io/spec-hash"
+
+COMPONENT_MOONCAKE: Final = "mooncake-master"
+COMPONENT_INFERENCE: Final = "inference"
+COMPONENT_TRAINER: Final = "trainer"
+COMPONENT_CONFIG: Final = "config"
+COMPONENT_RBAC: Final = "rbac"
+COMPONENT_MONITORING: Final = "monitoring"
+
+# Ports.
+MOONCAKE_RPC_PORT: Final = 50051
+MOONCAKE_METADATA_PORT: Final = 8080
+MOONCAKE_METRICS_PORT: Final = 9003
+INFERENCE_PORT: Final = 30000
+TRAINER_RDZV_PORT: Final = 29500
+
+# Paths inside pods.
+CONFIG_MOUNT: Final = "/etc/dspark"
+TRAINER_CONFIG_FILE: Final = "trainer.yaml"
+CAPTURE_CONFIG_FILE: Final = "capture.yaml"
+MODELS_MOUNT: Final = "/models"
+DATA_MOUNT: Final = "/data"
+
+# Environment variables the operator sets in trainer pods (read by dspark_trainer.status_reporter).
+ENV_JOB_NAME: Final = "DSPARK_JOB_NAME"
+ENV_JOB_NAMESPACE: Final = "DSPARK_JOB_NAMESPACE"
+ENV_JOB_UID: Final = "DSPARK_JOB_UID"
+ENV_POD_NAME: Final = "DSPARK_POD_NAME"
+ENV_POD_INDEX: Final = "DSPARK_POD_INDEX"
+
+# Default images; the operator deployment may override them (env, see settings.py).
+DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/dspark-k8s/dspark-trainer:0.1.0"
+DEFAULT_INFERENCE_IMAGE: Final = "ghcr.io/dspark-k8s/dspark-serving:0.1.0"
+
+PODMONITOR_GROUP: Final = "monitoring.coreos.com"
+PODMONITOR_VERSION: Final = "v1"
+PODMONITOR_PLURAL: Final = "podmonitors"

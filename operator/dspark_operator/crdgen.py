@@ -1,0 +1,458 @@
+"""Generate the DSparkTrainingJob CustomResourceDefinition from the pydantic models.
+
+    python -m dspark_operator.crdgen            # print the CRD YAML
+    python -m dspark_operator.crdgen --write    # (re)write crds/dsparktrainingjobs.dspark.io.yaml
+    python -m dspark_operator.crdgen --check    # exit 1 when the committed file is out of date
+
+The pydantic JSON schema is turned into a Kubernetes *structural* schema: `$ref`s are inlined,
+`Optional` unions collapse to the non-null branch, `anyOf` survives only for int-or-string
+quantities, JSON-Schema-2020 exclusive bounds become OpenAPI-v3 booleans, `title`s go, nested
+objects with defaults get `default: {}` (so the API server fills in their defaults), and CEL rules
+(`x-kubernetes-validations`) are attached for cross-field checks and immutable fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dspark_operator.api.job import MAX_JOB_NAME_LENGTH
+from dspark_operator.api.spec import DSparkTrainingJobSpec
+from dspark_operator.api.status import DSparkTrainingJobStatus
+from dspark_operator.constants import CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+
+Schema = dict[str, Any]
+Path_ = tuple[str, ...]
+
+CRD_FILE_NAME = f"{PLURAL}.{GROUP}.yaml"
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "crds" / CRD_FILE_NAME
+
+HEADER = (
+    "# Generated from the pydantic models in operator/dspark_operator/api by\n"
+    "#   python -m dspark_operator.crdgen --write\n"
+    "# Do not edit by hand; a test fails when this file and the models disagree.\n"
+)
+
+# Keys a CRD schema accepts (apiextensions.k8s.io/v1 JSONSchemaProps, minus the ones structural
+# schemas forbid or we never need).
+ALLOWED_KEYS = frozenset(
+    {
+        "description",
+        "type",
+        "format",
+        "default",
+        "maximum",
+        "exclusiveMaximum",
+        "minimum",
+        "exclusiveMinimum",
+        "maxLength",
+        "minLength",
+        "pattern",
+        "maxItems",
+        "minItems",
+        "multipleOf",
+        "enum",
+        "maxProperties",
+        "minProperties",
+        "required",
+        "items",
+        "properties",
+        "additionalProperties",
+        "anyOf",
+        "nullable",
+        "x-kubernetes-int-or-string",
+        "x-kubernetes-preserve-unknown-fields",
+        "x-kubernetes-validations",
+        "x-kubernetes-list-type",
+        "x-kubernetes-list-map-keys",
+        "x-kubernetes-map-type",
+    }
+)
+
+
+def _immutable(message: str) -> list[dict[str, str]]:
+    return [{"rule": "self == oldSelf", "message": message}]
+
+
+def _optional_immutable(field: str, message: str) -> dict[str, str]:
+    return {
+        "rule": f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})",
+        "message": message,
+        "fieldPath": f".{field}",
+    }
+
+
+DRAFT_IMMUTABLE = (
+    "blockSize",
+    "numDraftLayers",
+    "numTargetLayersCaptured",
+    "markovHeadType",
+    "markovRank",
+    "enableConfidenceHead",
+    "confidenceHeadWithMarkov",
+)
+
+# CEL rules, by property path from the root of the object.
+RULES: dict[Path_, list[dict[str, str]]] = {
+    (): [
+        {
+            "rule": (
+                f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} && "
+                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+            ),
+            "message": (
+                f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters of a-z, 0-9 and '-', start with a "
+                "letter and end with a letter or digit (it prefixes the names of Services and pods)"
+            ),
+        }
+    ],
+    ("spec", "target", "model"): _immutable("target.model is immutable"),
+    ("spec", "target", "dtype"): _immutable("target.dtype is immutable"),
+    ("spec", "target"): [_optional_immutable("revision", "target.revision is immutable")],
+    **{("spec", "draft", f): _immutable(f"draft.{f} is immutable") for f in DRAFT_IMMUTABLE},
+    ("spec", "draft"): [
+        _optional_immutable("targetLayerIds", "draft.targetLayerIds is immutable"),
+        _optional_immutable("maskTokenId", "draft.maskTokenId is immutable"),
+        {
+            "rule": "!has(self.targetLayerIds) || self.targetLayerIds.isSorted()",
+            "message": "draft.targetLayerIds must be strictly increasing",
+            "fieldPath": ".targetLayerIds",
+        },
+        {
+            "rule": "self.markovRank > 0 || !self.enableConfidenceHead || !self.confidenceHeadWithMarkov",
+            "message": "draft.confidenceHeadWithMarkov needs markovRank > 0; set it to false or give a markovRank",
+            "fieldPath": ".confidenceHeadWithMarkov",
+        },
+        {
+            "rule": "self.ceAlpha + self.l1Alpha + self.confidenceAlpha > 0.0",
+            "message": "draft: at least one of ceAlpha, l1Alpha, confidenceAlpha must be > 0",
+        },
+        {
+            "rule": "self.confidenceAlpha == 0.0 || self.enableConfidenceHead",
+            "message": "draft.confidenceAlpha is > 0 but enableConfidenceHead is false; set confidenceAlpha: 0",
+            "fieldPath": ".confidenceAlpha",
+        },
+    ],
+    ("spec", "trainer", "optimizer"): [
+        {
+            "rule": "self.minLearningRate <= self.learningRate",
+            "message": "trainer.optimizer.minLearningRate must not exceed trainer.optimizer.learningRate",
+            "fieldPath": ".minLearningRate",
+        }
+    ],
+    ("spec", "inference"): [
+        {
+            "rule": "!has(self.gpus) || self.gpus >= self.tensorParallelSize",
+            "message": "inference.gpus must be >= inference.tensorParallelSize",
+            "fieldPath": ".gpus",
+        }
+    ],
+}
+
+# Extra schema keywords, by property path (bounds CEL costs, list semantics).
+EXTRA: dict[Path_, Schema] = {
+    ("spec", "draft", "targetLayerIds"): {"maxItems": 64, "x-kubernetes-list-type": "set", "items": {"minimum": -1}},
+    ("status", "conditions"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ("status", "gang", "members"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+}
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "Optimizer steps done."},
+    {
+        "name": "Total",
+        "type": "integer",
+        "jsonPath": ".status.progress.total",
+        "description": "Optimizer steps planned.",
+        "priority": 1,
+    },
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Latest training loss."},
+    {"name": "Tau", "type": "number", "jsonPath": ".status.progress.tau", "description": "Accepted tokens per block."},
+    {
+        "name": "Restarts",
+        "type": "integer",
+        "jsonPath": ".status.restarts",
+        "description": "Gang restarts of the trainer.",
+        "priority": 1,
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+class SchemaError(ValueError):
+    """The pydantic schema contains something a structural CRD schema cannot hold."""
+
+
+def _resolve(node: Any, defs: dict[str, Schema]) -> Any:
+    """Inline every $ref (pydantic never emits recursive models here)."""
+    if isinstance(node, list):
+        return [_resolve(x, defs) for x in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        target = _resolve(copy.deepcopy(defs[name]), defs)
+        rest = {k: _resolve(v, defs) for k, v in node.items() if k != "$ref"}
+        merged = {**target, **rest}  # the use site's description/default win over the model's
+        return merged
+    if "allOf" in node and len(node["allOf"]) == 1:
+        inner = _resolve(node["allOf"][0], defs)
+        rest = {k: _resolve(v, defs) for k, v in node.items() if k != "allOf"}
+        return {**inner, **rest}
+    return {k: _resolve(v, defs) for k, v in node.items()}
+
+
+def _is_null(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "null"
+
+
+def _convert(node: Schema, path: Path_, *, defaults: bool) -> Schema:
+    """Turn one resolved pydantic schema node into a structural schema node."""
+    node = dict(node)
+    optional = False
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        branches = [b for b in node["anyOf"] if not _is_null(b)]
+        if len(branches) != len(node["anyOf"]):
+            optional = True
+        if len(branches) != 1:
+            raise SchemaError(f"{'.'.join(path)}: union types are not allowed in a structural schema")
+        outer = {k: v for k, v in node.items() if k != "anyOf"}
+        node = {**branches[0], **outer}
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if node.get("default", 0) is None:
+        node.pop("default")
+    if not defaults:
+        node.pop("default", None)
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node and not isinstance(node[bound], bool):
+            node[plain] = node.pop(bound)
+            node[bound] = True
+    if "enum" in node and "type" not in node:
+        node["type"] = "string"
+    if "patternProperties" in node:
+        # dict[Annotated[str, pattern], V]: one value schema, keys checked by a CEL rule below.
+        (pattern, value_schema), *more = node.pop("patternProperties").items()
+        if more:
+            raise SchemaError(f"{'.'.join(path)}: several patternProperties are not supported")
+        node["additionalProperties"] = value_schema
+        node["propertyNames"] = {"pattern": pattern}
+
+    out: Schema = {}
+    if "description" in node:
+        out["description"] = " ".join(str(node["description"]).split())
+    for key, value in node.items():
+        if key in ("description", "title", "properties", "items", "additionalProperties", "propertyNames"):
+            continue
+        if key not in ALLOWED_KEYS:
+            raise SchemaError(f"{'.'.join(path) or '<root>'}: keyword {key!r} is not allowed in a CRD schema")
+        out[key] = value
+
+    if node.get("type") == "object" or "properties" in node:
+        out["type"] = "object"
+        props = node.get("properties") or {}
+        if props:
+            out["properties"] = {}
+            required = set(node.get("required") or [])
+            for name, sub in props.items():
+                child = _convert(sub, (*path, name), defaults=defaults)
+                if (
+                    defaults
+                    and name not in required
+                    and "default" not in child
+                    and child.get("type") == "object"
+                    and "properties" in child
+                    and not child.pop("_optional", False)
+                    and not child.get("required")
+                ):
+                    child["default"] = {}
+                child.pop("_optional", None)
+                out["properties"][name] = child
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            out["additionalProperties"] = _convert(extra, (*path, "*"), defaults=defaults)
+            out["additionalProperties"].pop("_optional", None)
+            names = node.get("propertyNames") or {}
+            if "pattern" in names:
+                out.setdefault("maxProperties", 64)
+                out.setdefault("x-kubernetes-validations", []).append(
+                    {
+                        "rule": f"self.all(k, k.matches(r'{names['pattern']}'))",
+                        "message": "keys must be resource names such as cpu, memory or example.com/device",
+                    }
+                )
+        elif extra is True:
+            # Free-form maps (e.g. chat template variables): the only place unknown fields are kept.
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        elif extra is not None and extra is not False:
+            raise SchemaError(f"{'.'.join(path)}: additionalProperties={extra!r} is not supported")
+    if node.get("type") == "array":
+        if "items" not in node:
+            raise SchemaError(f"{'.'.join(path)}: arrays need an items schema")
+        out["items"] = _convert(node["items"], (*path, "[]"), defaults=defaults)
+        out["items"].pop("_optional", None)
+    if optional:
+        out["_optional"] = True
+    return _ordered(out)
+
+
+_FIRST = ("type", "description")
+_LAST = ("properties", "additionalProperties", "items", "required", "x-kubernetes-validations")
+
+
+def _ordered(node: Schema) -> Schema:
+    """Readable key order: type and description first, nested schemas and rules last."""
+    head = {k: node[k] for k in _FIRST if k in node}
+    tail = {k: node[k] for k in _LAST if k in node}
+    middle = {k: v for k, v in node.items() if k not in head and k not in tail}
+    return {**head, **middle, **tail}
+
+
+def _deep_merge(base: Schema, extra: Schema) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _node_at(root: Schema, path: Path_) -> Schema:
+    node = root
+    for name in path:
+        node = node["properties"][name]
+    return node
+
+
+def model_schema(model: type[Any], *, defaults: bool) -> Schema:
+    """Structural schema of a pydantic model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    schema = _convert(_resolve(raw, defs), (), defaults=defaults)
+    schema.pop("_optional", None)
+    return schema
+
+
+def check_descriptions(schema: Schema, path: str = "") -> list[str]:
+    """Property paths without a description (every field must have one for `kubectl explain`)."""
+    missing: list[str] = []
+    for name, sub in (schema.get("properties") or {}).items():
+        here = f"{path}.{name}" if path else name
+        if not sub.get("description"):
+            missing.append(here)
+        missing += check_descriptions(sub, here)
+        if isinstance(sub.get("items"), dict):
+            missing += check_descriptions(sub["items"], f"{here}[]")
+        if isinstance(sub.get("additionalProperties"), dict):
+            missing += check_descriptions(sub["additionalProperties"], f"{here}.*")
+    return missing
+
+
+def openapi_schema() -> Schema:
+    """The openAPIV3Schema of the CRD."""
+    spec = model_schema(DSparkTrainingJobSpec, defaults=True)
+    status = model_schema(DSparkTrainingJobStatus, defaults=False)
+    spec["description"] = (
+        "Desired state: the target model, DSpark draft options, data, inference servers, trainer gang, "
+        "transport, run policy, scheduling and metrics."
+    )
+    status["description"] = "Observed state, written by the operator (progress: by the trainer's rank 0)."
+    root: Schema = {
+        "type": "object",
+        "description": (
+            "DSparkTrainingJob trains a DSpark speculative-decoding draft for a target model: SGLang servers "
+            "capture the target's hidden states into Mooncake and a torchrun FSDP2 trainer gang consumes them."
+        ),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion defines the versioned schema of this representation of an object.",
+            },
+            "kind": {"type": "string", "description": "Kind is the REST resource this object represents."},
+            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    for path, extra in EXTRA.items():
+        node = _node_at(root, path)
+        _deep_merge(node, extra)
+        node.update(_ordered(node))
+    for path, rules in RULES.items():
+        _node_at(root, path).setdefault("x-kubernetes-validations", []).extend(copy.deepcopy(rules))
+    missing = check_descriptions(root)
+    if missing:
+        raise SchemaError(f"fields without a description: {', '.join(missing)}")
+    return root
+
+
+def build_crd() -> Schema:
+    """The CustomResourceDefinition object."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "dspark", "app.kubernetes.io/part-of": "dspark"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    """The CRD as YAML text (deterministic)."""
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=110, allow_unicode=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m dspark_operator.crdgen", description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", action="store_true", help="write the CRD file")
+    group.add_argument("--check", action="store_true", help="exit 1 when the CRD file is out of date")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"CRD file (default {DEFAULT_OUTPUT})")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.write:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+        return 0
+    if args.check:
+        current = args.output.read_text() if args.output.exists() else ""
+        if current != text:
+            print(f"{args.output} is out of date; run: python -m dspark_operator.crdgen --write", file=sys.stderr)
+            return 1
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
