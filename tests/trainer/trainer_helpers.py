@@ -35,3 +35,21 @@ def make_char_tokenizer(template: str = QWEN3_LIKE_TEMPLATE) -> Any:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = template
     return fast
+
+
+def make_standin_target(path: Any, hidden: int = 32, layers: int = 4, seed: int = 0) -> Any:
+    """A tiny random Qwen3 causal LM with the character tokenizer, saved under ``path``."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = make_char_tokenizer()
+    cfg = Qwen3Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=1024,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(cfg)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

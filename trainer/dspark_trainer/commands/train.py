@@ -1,17 +1,67 @@
-"""`dspark train`: not implemented yet (see the open issues)."""
+"""`dspark train`: the torchrun entry point (`--config FILE`), or the embedded one-machine pipeline
+(`--local [CONFIG]`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No arguments until the command exists."""
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="trainer config (YAML or JSON, camelCase or snake_case keys); default: $DSPARK_CONFIG",
+    )
+    parser.add_argument(
+        "--exit-on-complete",
+        action="store_true",
+        default=None,
+        help="exit when done instead of staying alive until SIGTERM (also DSPARK_EXIT_ON_COMPLETE=1)",
+    )
+    local = parser.add_argument_group("embedded pipeline (--local)")
+    local.add_argument(
+        "--local",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CONFIG",
+        help="run everything on this machine: tiny target, Mooncake master, capture server, torchrun "
+        "(default config: the bundled local demo)",
+    )
+    local.add_argument("--workdir", default=".demo", help="where the local pipeline writes everything (.demo)")
+    local.add_argument("--nproc", type=int, default=2, help="trainer processes (torchrun --nproc-per-node, 2)")
+    local.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override runtime.device")
+    local.add_argument("--fresh", action="store_true", help="delete the previous run's outputs under --workdir")
+    local.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Explain that the command is not there yet and fail."""
-    print("dspark train: this command is not built yet; see the project's open issues.", file=sys.stderr)
-    return 2
+    from dspark_trainer.config.training import ConfigError, TrainerConfig
+
+    if args.local is not None:
+        from dspark_trainer.local.pipeline import LocalOptions, run_local
+
+        options = LocalOptions(
+            config_path=args.local or None,
+            workdir=args.workdir,
+            nproc=args.nproc,
+            device=args.device,
+            fresh=args.fresh,
+            progress_bar=not args.no_progress,
+        )
+        return run_local(options)
+    path = args.config or os.environ.get("DSPARK_CONFIG")
+    if not path:
+        print("dspark train: give --config FILE (or --local for the embedded pipeline)", file=sys.stderr)
+        return 2
+    try:
+        config = TrainerConfig.from_file(path)
+    except ConfigError as exc:
+        print(f"dspark train: {exc}", file=sys.stderr)
+        return 2
+    from dspark_trainer.runtime.main import run as run_trainer
+
+    return run_trainer(config, exit_on_complete=args.exit_on_complete)

@@ -1,0 +1,71 @@
+"""FSDP2 wrapping and the optimizer.
+
+``fully_shard`` is applied to every decoder layer and then to the root (which keeps the context
+projection, norms, Markov and confidence heads, and the frozen embedding/LM head). Parameters stay
+fp32 (the optimizer's master copy); ``MixedPrecisionPolicy(param_dtype, reduce_dtype=fp32)`` casts
+them for compute and reduces gradients in fp32. Frozen parameters are sharded like the others but
+have ``requires_grad`` False and never reach the optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from dspark_trainer.config.training import OptimizerConfig
+from dspark_trainer.runtime.lr_schedule import lr_factor, warmup_steps
+
+
+def param_dtype_for(precision: Literal["auto", "bf16", "fp32"], device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA, fp32 on CPU."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def shard_model(
+    model: torch.nn.Module, layers: Sequence[torch.nn.Module], device: torch.device, world_size: int,
+    param_dtype: torch.dtype,
+) -> DeviceMesh:
+    """Apply FSDP2 in place; returns the 1-D data-parallel mesh."""
+    mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return mesh
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the draft has no trainable parameters")
+    return torch.optim.AdamW(
+        params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = warmup_steps(total_steps, cfg.warmup_ratio)
+    peak, low = cfg.learning_rate, cfg.min_learning_rate
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warm, peak, low))
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
+    """Global gradient norm before clipping (over all ranks); clipping is skipped when max_norm is 0."""
+    params = [p for p in trainable_parameters(model) if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm.item())

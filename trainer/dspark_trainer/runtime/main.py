@@ -1,0 +1,145 @@
+"""`dspark train --config FILE`: what every torchrun worker runs."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.runtime.completion import read_marker
+from dspark_trainer.runtime.draft_api import DraftAPI
+from dspark_trainer.runtime.http_server import MetricsServer
+from dspark_trainer.runtime.metrics import TrainerMetrics
+from dspark_trainer.runtime.progress import ProgressBoard
+from dspark_trainer.runtime.signals import StopRequest
+from dspark_trainer.runtime.sources import HiddenStateSource
+from dspark_trainer.runtime.status import StatusSink, make_status_sink
+
+log = logging.getLogger("dspark.trainer")
+
+EXIT_ENV = "DSPARK_EXIT_ON_COMPLETE"
+# Test hook: "module:attribute" of an object implementing DraftAPI, replacing the DSpark one.
+DRAFT_API_ENV = "DSPARK_DRAFT_API"
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def load_draft_api() -> DraftAPI:
+    spec = os.environ.get(DRAFT_API_ENV)
+    if spec:
+        module_name, _, attr = spec.partition(":")
+        obj: Any = getattr(importlib.import_module(module_name), attr)
+        api: DraftAPI = obj() if isinstance(obj, type) else obj
+        return api
+    from dspark_trainer.runtime.draft_dspark import DSparkDraftAPI
+
+    return DSparkDraftAPI()
+
+
+def make_source(config: TrainerConfig, layer_ids: list[int], device: Any, rank: int) -> HiddenStateSource:
+    import torch
+
+    need_last = config.draft.l1_alpha > 0 or config.draft.confidence_alpha > 0
+    if config.capture.mode == "inline":
+        from dspark_trainer.runtime.sources import InlineSource
+
+        dtype = getattr(torch, config.target.dtype)
+        return InlineSource(config.target.model, layer_ids, dtype, device, need_last, config.target.revision)
+    from dspark_trainer.runtime.remote_source import RemoteSource
+
+    return RemoteSource(config, layer_ids, need_last, rank)
+
+
+def wait_until_stopped(stop: StopRequest) -> None:
+    """Stay alive (a StatefulSet restarts exited pods) until SIGTERM/SIGINT."""
+    log.info("training is complete; staying alive until SIGTERM (set %s=1 to exit instead)", EXIT_ENV)
+    while not stop.wait(timeout=3600):
+        pass
+
+
+def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
+    """Run this rank; returns the process exit code."""
+    import torch
+
+    from dspark_trainer.runtime.dist import init_distributed, shutdown_distributed
+    from dspark_trainer.runtime.preflight import plan_run
+    from dspark_trainer.runtime.trainer import TrainingRun
+
+    if exit_on_complete is None:
+        exit_on_complete = config.runtime.exit_on_complete or env_flag(EXIT_ENV)
+    stop = StopRequest()
+    stop.install()
+    ctx = init_distributed(config.runtime.device, config.runtime.dist_timeout_seconds)
+    setup_logging(ctx.rank)
+    if ctx.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    board = ProgressBoard()
+    board.update(world_size=ctx.world_size)
+    metrics = TrainerMetrics()
+    server: MetricsServer | None = None
+    status: StatusSink | None = None
+    if ctx.is_main:
+        if config.metrics.enabled:
+            server = MetricsServer(metrics.registry, board.as_json, port=config.metrics.port).start()
+            log.info("metrics on :%d (/metrics, /progress)", server.port)
+        status = make_status_sink(config.metrics.status_interval_seconds)
+    try:
+        marker = read_marker(config.output_dir)
+        if marker is not None:
+            log.info("%s holds a completed run (step %s); not training again", config.output_dir, marker.get("step"))
+            board.update(state="Completed", step=int(marker.get("step") or 0), draft_path=config.output_dir,
+                         loss=marker.get("loss"), tau=marker.get("tau"), message="already completed")
+            metrics.completed.set(1)
+            outcome = "completed"
+        else:
+            plan = plan_run(config, ctx.world_size)
+            source = make_source(config, plan.layer_ids, ctx.device, ctx.rank)
+            training = TrainingRun(config, plan, ctx, load_draft_api(), source, board, metrics, stop, status)
+            try:
+                training.setup()
+                outcome = training.run()
+                if outcome == "completed":
+                    out = training.export()
+                    board.update(state="Completed", draft_path=str(out), message="draft exported")
+                    metrics.completed.set(1)
+            finally:
+                training.close()
+        if status is not None:
+            status.report(board.status_fields(), force=True)
+        shutdown_distributed()
+        if outcome == "completed" and not exit_on_complete:
+            wait_until_stopped(stop)
+        return 0
+    except ConfigError as exc:
+        if ctx.is_main:
+            log.error("%s", exc)
+        board.update(state="Failed", message=str(exc)[:4000])
+        if status is not None:
+            status.report(board.status_fields(), force=True)
+        return 2
+    except Exception as exc:
+        log.exception("training failed")
+        board.update(state="Failed", message=f"{type(exc).__name__}: {exc}"[:4000])
+        if status is not None:
+            status.report(board.status_fields(), force=True)
+        raise
+    finally:
+        if status is not None:
+            status.close()
+        if server is not None:
+            server.stop()
+        shutdown_distributed()

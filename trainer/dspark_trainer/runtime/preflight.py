@@ -1,0 +1,149 @@
+"""Start-up checks: everything that can be wrong with a config is found before any process group,
+model or server starts, and reported as a ConfigError that names the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dspark_trainer.assets import BUILTIN_PREFIX
+from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.data.records import ConversationRecord, DatasetError, load_dataset
+from dspark_trainer.data.sharding import samples_per_rank_per_step, shard_length, total_steps
+from dspark_trainer.data.split import split_records
+from dspark_trainer.data.tokenize import ChatTokenizer
+
+
+@dataclass
+class RunPlan:
+    """What preflight resolved: data splits, tokenizer, layer ids, step counts."""
+
+    train: list[ConversationRecord]
+    held_out: list[ConversationRecord]
+    chat_tokenizer: ChatTokenizer
+    target_config: Any
+    layer_ids: list[int]
+    world_size: int
+    samples_per_rank: int  # per optimizer step
+    accumulation_steps: int
+    total_steps: int
+
+    @property
+    def epoch_length_steps(self) -> float:
+        """Optimizer steps per pass over the training split."""
+        per_epoch = shard_length(len(self.train), self.world_size)
+        return per_epoch / self.samples_per_rank
+
+
+def default_layer_ids(num_layers: int, count: int) -> list[int]:
+    """``count`` ids evenly spaced from 1 to ``num_layers - 3`` (DSPARK.md); fewer on very small targets."""
+    hi = max(1, num_layers - 3)
+    if count == 1:
+        return [1]
+    ids = [round(1 + k * (hi - 1) / (count - 1)) for k in range(count)]
+    return sorted(set(ids))
+
+
+def resolve_layer_ids(config: TrainerConfig, num_layers: int) -> list[int]:
+    """The configured ids, checked against the target, or the default rule."""
+    ids = config.draft.target_layer_ids
+    if ids is None:
+        ids = default_layer_ids(num_layers, config.draft.num_target_layers_captured)
+    allowed_max = num_layers - 2  # the last target layer must not be used
+    bad = [i for i in ids if i < -1 or i > allowed_max]
+    if bad:
+        raise ConfigError(
+            f"draft.targetLayerIds: {bad} outside the target, which has {num_layers} layers "
+            f"(allowed: -1 for the embedding, 0..{allowed_max}; the last layer must not be used)"
+        )
+    return list(ids)
+
+
+def load_target_config(config: TrainerConfig) -> Any:
+    model = config.target.model
+    if model.startswith(BUILTIN_PREFIX):
+        raise ConfigError(f"target.model: {model} is only created by `dspark train --local`")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model, revision=config.target.revision)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"target.model: cannot read the config of {model}: {exc}") from None
+
+
+def load_chat_tokenizer(config: TrainerConfig) -> ChatTokenizer:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.target.model, revision=config.target.revision)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"target.model: cannot load the tokenizer of {config.target.model}: {exc}") from None
+    try:
+        return ChatTokenizer(
+            tokenizer,
+            max_length=config.dataset.max_length,
+            chat_template=config.dataset.chat_template,
+            template_kwargs=config.dataset.chat_template_kwargs,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_paths(config: TrainerConfig) -> None:
+    for field, value in (("checkpoint.dir", config.checkpoint.dir), ("outputDir", config.output_dir)):
+        parent = Path(value)
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{field}: {value} is below a file, not a directory")
+
+
+def plan_run(config: TrainerConfig, world_size: int) -> RunPlan:
+    """Every start-up check; raises ConfigError naming the field."""
+    if config.capture.mode == "remote" and not config.capture.endpoints:
+        raise ConfigError("capture.endpoints: at least one capture server URL is needed when capture.mode is remote")
+    try:
+        records = load_dataset(config.dataset.path, "dataset.path")
+        if config.dataset.eval_path:
+            train, held_out = records, load_dataset(config.dataset.eval_path, "dataset.evalPath")
+        else:
+            train, held_out = split_records(records, config.dataset.eval_fraction)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    sched = config.schedule
+    if shard_length(len(train), world_size) < sched.micro_batch_size:
+        raise ConfigError(
+            f"dataset.path: {len(train)} training samples are too few for {world_size} ranks x "
+            f"schedule.microBatchSize {sched.micro_batch_size}"
+        )
+    try:
+        per_rank, accum = samples_per_rank_per_step(sched.global_batch_size, world_size, sched.micro_batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    target_config = load_target_config(config)
+    num_layers = int(getattr(target_config, "num_hidden_layers", 0))
+    if num_layers < 2:
+        raise ConfigError(f"target.model: {config.target.model} has no usable num_hidden_layers ({num_layers})")
+    layer_ids = resolve_layer_ids(config, num_layers)
+    chat_tokenizer = load_chat_tokenizer(config)
+    n_effective = shard_length(len(train), world_size) * world_size
+    steps = total_steps(n_effective, sched.global_batch_size, sched.num_epochs, sched.max_steps)
+    check_paths(config)
+    return RunPlan(
+        train=train,
+        held_out=held_out,
+        chat_tokenizer=chat_tokenizer,
+        target_config=target_config,
+        layer_ids=layer_ids,
+        world_size=world_size,
+        samples_per_rank=per_rank,
+        accumulation_steps=accum,
+        total_steps=steps,
+    )
+
+
+def epochs_done(plan: RunPlan, step: int) -> float:
+    """Fractional passes over the training split after ``step`` optimizer steps."""
+    return step / plan.epoch_length_steps if plan.epoch_length_steps > 0 else math.inf

@@ -1,0 +1,124 @@
+"""One optimizer step over a rank's micro-batches, with the global-denominator loss.
+
+1. Every micro-batch is prepared (anchors sampled); the local denominators are summed over the
+   micro-batches and all-reduced over ranks BEFORE any backward pass.
+2. Each micro-batch's loss (its weighted sum / global denominator x world size) is backpropagated;
+   FSDP2 averages the gradients over ranks, so the update equals one big batch's.
+3. Gradients are clipped, the optimizer and the schedule step, and the statistics are all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dspark_trainer.data.batching import MicroBatch
+from dspark_trainer.runtime.dist import all_reduce_sum
+from dspark_trainer.runtime.draft_api import DraftAPI, Quality
+from dspark_trainer.runtime.fsdp import clip_gradients
+
+MIN_DENOMINATOR = 1e-6
+
+
+@dataclass
+class StepResult:
+    quality: Quality
+    grad_norm: float
+    learning_rate: float
+    denominator: float
+    applied: bool  # False when the update was skipped for a non-finite gradient norm
+
+
+def reduce_stats(stats: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Sum statistics over ranks in one collective (keys are sorted so every rank agrees on the layout)."""
+    keys = sorted(stats)
+    flat = [stats[k].detach().to(device=device, dtype=torch.float64).reshape(-1) for k in keys]
+    sizes = [t.numel() for t in flat]
+    packed = all_reduce_sum(torch.cat(flat)) if flat else torch.zeros(0, dtype=torch.float64)
+    out: dict[str, torch.Tensor] = {}
+    for key, piece, original in zip(keys, packed.split(sizes), (stats[k] for k in keys), strict=True):
+        out[key] = piece.reshape(original.shape).cpu()
+    return out
+
+
+def add_stats(total: dict[str, torch.Tensor], stats: Mapping[str, torch.Tensor]) -> None:
+    for key, value in stats.items():
+        v = value.detach().to(torch.float64)
+        total[key] = total[key] + v if key in total else v.clone()
+
+
+def global_denominator(api: DraftAPI, prepared: Sequence[object], device: torch.device) -> torch.Tensor:
+    local = torch.zeros(1, dtype=torch.float64, device=device)
+    for p in prepared:
+        local += api.denominator(p).detach().to(device=device, dtype=torch.float64)
+    return all_reduce_sum(local)[0]
+
+
+def train_step(
+    model: torch.nn.Module,
+    api: DraftAPI,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    micro_batches: Sequence[MicroBatch],
+    *,
+    device: torch.device,
+    world_size: int,
+    grad_clip: float,
+) -> StepResult:
+    model.train()
+    lr = float(optimizer.param_groups[0]["lr"])
+    prepared = [api.prepare(model, mb) for mb in micro_batches]
+    denom = global_denominator(api, prepared, device)
+    denom_for_loss = denom.clamp(min=MIN_DENOMINATOR).to(torch.float32)
+    totals: dict[str, torch.Tensor] = {}
+    for p in prepared:
+        loss, stats = api.loss_and_stats(model, p, denom_for_loss, world_size)
+        loss.backward()
+        add_stats(totals, stats)
+    grad_norm = clip_gradients(model, grad_clip)
+    applied = math.isfinite(grad_norm)
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    summed = reduce_stats(totals, device)
+    return StepResult(
+        quality=api.summarize(summed, float(denom)),
+        grad_norm=grad_norm,
+        learning_rate=lr,
+        denominator=float(denom),
+        applied=applied,
+    )
+
+
+@torch.no_grad()
+def eval_batches(
+    model: torch.nn.Module,
+    api: DraftAPI,
+    micro_batches: Sequence[MicroBatch],
+    counted: Sequence[bool],
+    *,
+    device: torch.device,
+    world_size: int,
+) -> Quality:
+    """Metrics over micro-batches of every rank; batches with ``counted`` False only keep the ranks in
+    step (every rank must run the same number of sharded forwards)."""
+    model.eval()
+    prepared = [api.prepare(model, mb) for mb in micro_batches]
+    local = torch.zeros(1, dtype=torch.float64, device=device)
+    for p, use in zip(prepared, counted, strict=True):
+        if use:
+            local += api.denominator(p).detach().to(device=device, dtype=torch.float64)
+    denom = all_reduce_sum(local)[0]
+    totals: dict[str, torch.Tensor] = {}
+    for p, use in zip(prepared, counted, strict=True):
+        _, stats = api.loss_and_stats(model, p, denom.clamp(min=MIN_DENOMINATOR).to(torch.float32), world_size)
+        if use:
+            add_stats(totals, stats)
+        elif not totals:
+            add_stats(totals, {k: torch.zeros_like(v) for k, v in stats.items()})
+    model.train()
+    return api.summarize(reduce_stats(totals, device), float(denom))
