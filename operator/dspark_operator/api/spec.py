@@ -189,9 +189,7 @@ class CaptureSpec(ConfigModel):
 class CheckpointSpec(ConfigModel):
     """How often the trainer checkpoints (the directory is output.mountPath/output.checkpointDir)."""
 
-    interval_steps: int = Field(
-        500, ge=1, description=CheckpointConfig.model_fields["interval_steps"].description
-    )
+    interval_steps: int = Field(500, ge=1, description=CheckpointConfig.model_fields["interval_steps"].description)
     keep_last: int = Field(3, ge=1, le=1000, description=CheckpointConfig.model_fields["keep_last"].description)
 
 
@@ -260,9 +258,7 @@ class TransportSpec(ConfigModel):
         TransportProtocol.RDMA,
         description="Mooncake protocol: rdma (default; needs RDMA devices on the nodes) or tcp.",
     )
-    device_names: str = Field(
-        "", max_length=1024, description=TransportConfig.model_fields["device_names"].description
-    )
+    device_names: str = Field("", max_length=1024, description=TransportConfig.model_fields["device_names"].description)
     rdma_resource_name: str = Field(
         "rdma/hca",
         min_length=1,
@@ -281,9 +277,7 @@ class TransportSpec(ConfigModel):
         ge=16 * 1024 * 1024,
         description=f"{TransportConfig.model_fields['local_buffer_size'].description} (bytes)",
     )
-    key_ttl_seconds: float = Field(
-        600.0, gt=0, description=TransportConfig.model_fields["key_ttl_seconds"].description
-    )
+    key_ttl_seconds: float = Field(600.0, gt=0, description=TransportConfig.model_fields["key_ttl_seconds"].description)
     master_image: str | None = Field(
         None,
         min_length=1,

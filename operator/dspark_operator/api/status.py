@@ -19,9 +19,7 @@ from pydantic.alias_generators import to_camel
 class StatusModel(BaseModel):
     """camelCase on the wire, lenient on read."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", use_enum_values=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", use_enum_values=True)
 
     def to_wire(self) -> dict[str, object]:
         """The camelCase JSON-compatible dict, without unset (None) fields."""

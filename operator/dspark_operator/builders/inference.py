@@ -149,9 +149,7 @@ def build_inference_service(ctx: BuildContext) -> Manifest:
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector_labels(ctx, COMPONENT_INFERENCE),
-                "ports": [
-                    {"name": "http", "port": ctx.spec.inference.port, "targetPort": "http", "protocol": "TCP"}
-                ],
+                "ports": [{"name": "http", "port": ctx.spec.inference.port, "targetPort": "http", "protocol": "TCP"}],
             },
         }
     )

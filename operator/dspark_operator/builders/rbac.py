@@ -46,8 +46,6 @@ def build_role_binding(ctx: BuildContext) -> Manifest:
             "kind": "RoleBinding",
             "metadata": metadata(ctx, ctx.names.role_binding, COMPONENT_RBAC),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ctx.names.role},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": ctx.names.service_account, "namespace": ctx.namespace}
-            ],
+            "subjects": [{"kind": "ServiceAccount", "name": ctx.names.service_account, "namespace": ctx.namespace}],
         }
     )

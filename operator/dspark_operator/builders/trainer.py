@@ -82,7 +82,7 @@ def trainer_script(ctx: BuildContext) -> str:
         [
             "set -u",
             'child=""',
-            "trap '[ -z \"$child\" ] || kill -TERM \"$child\" 2>/dev/null' TERM INT",
+            'trap \'[ -z "$child" ] || kill -TERM "$child" 2>/dev/null\' TERM INT',
             f'rank="${{{ENV_POD_INDEX}:-}}"',
             f'[ -n "$rank" ] || rank="${{{ENV_POD_NAME}##*-}}"',
             f'{head} --node-rank "$rank" {tail} &',

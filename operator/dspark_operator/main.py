@@ -1,0 +1,94 @@
+"""`dspark-operator`: run the DSparkTrainingJob operator.
+
+    dspark-operator                      # all namespaces (cluster scope)
+    dspark-operator -n team-a -n team-b  # only these namespaces
+    DSPARK_OPERATOR_NAMESPACES=team-a dspark-operator
+
+Credentials come from the pod's service account, or from KUBECONFIG / ~/.kube/config.
+Serves Prometheus metrics on --metrics-port (default 8000, /metrics) and a liveness endpoint on
+--liveness-port (default 8080, /healthz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from dspark_operator import __version__
+from dspark_operator.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags (each overrides its environment variable)."""
+    p = argparse.ArgumentParser(prog="dspark-operator", description="Run the DSparkTrainingJob operator.")
+    p.add_argument("--version", action="version", version=f"dspark-operator {__version__}")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch only this namespace (repeatable; env DSPARK_OPERATOR_NAMESPACES=a,b). Default: all namespaces",
+    )
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port, 0 disables (default 8000)")
+    p.add_argument("--liveness-port", type=int, default=None, help="liveness port, 0 disables (default 8080)")
+    p.add_argument("--resync-seconds", type=float, default=None, help="periodic check interval (default 60)")
+    p.add_argument("--peering", default=None, help="Kopf peering name for several replicas (default: standalone)")
+    p.add_argument("--trainer-image", default=None, help="default trainer image (env DSPARK_TRAINER_IMAGE)")
+    p.add_argument("--inference-image", default=None, help="default SGLang image (env DSPARK_INFERENCE_IMAGE)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -> Settings:
+    """Environment settings with the command-line overrides applied."""
+    s = base or Settings.from_env()
+    changes: dict[str, Any] = {}
+    if args.all_namespaces:
+        changes["namespaces"] = ()
+    elif args.namespace:
+        changes["namespaces"] = tuple(args.namespace)
+    for flag, field in (
+        ("metrics_port", "metrics_port"),
+        ("liveness_port", "liveness_port"),
+        ("resync_seconds", "resync_seconds"),
+        ("peering", "peering"),
+        ("trainer_image", "trainer_image"),
+        ("inference_image", "inference_image"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            changes[field] = value
+    return dataclasses.replace(s, **changes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the operator until SIGINT/SIGTERM."""
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    kopf.configure(verbose=args.verbose, quiet=args.quiet)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    import dspark_operator.handlers  # noqa: F401  (registers the handlers)
+
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Prometheus metrics of the operator (own registry, so tests can run several operators in one process)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+
+from dspark_operator.api.status import Phase
+
+RESULTS = ("ok", "invalid", "failed", "error", "gone")
+
+
+class OperatorMetrics:
+    """dspark_operator_jobs{phase}, dspark_operator_reconcile_total{result}, dspark_operator_reconcile_seconds,
+    dspark_operator_gang_restarts_total, plus process_* (resident memory, CPU) of the operator."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.jobs = Gauge("dspark_operator_jobs", "DSparkTrainingJobs by phase.", ["phase"], registry=self.registry)
+        self.reconcile_total = Counter(
+            "dspark_operator_reconcile", "Reconciliations by result.", ["result"], registry=self.registry
+        )
+        self.reconcile_seconds = Histogram(
+            "dspark_operator_reconcile_seconds",
+            "Duration of one reconciliation of one job.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.gang_restarts = Counter(
+            "dspark_operator_gang_restarts",
+            "Gang restarts of trainer pods started by the operator.",
+            registry=self.registry,
+        )
+        self._phases: dict[str, str] = {}
+        self._lock = threading.Lock()
+        for phase in Phase:
+            self.jobs.labels(phase=phase.value).set(0)
+        for result in RESULTS:
+            self.reconcile_total.labels(result=result)
+
+    def set_phase(self, uid: str, phase: str | None) -> None:
+        """Record the current phase of a job (None: forget the job)."""
+        with self._lock:
+            if phase is None:
+                self._phases.pop(uid, None)
+            else:
+                self._phases[uid] = phase
+            counts = {p.value: 0 for p in Phase}
+            for value in self._phases.values():
+                counts[value] = counts.get(value, 0) + 1
+            for name, count in counts.items():
+                self.jobs.labels(phase=name).set(count)
+
+    @contextmanager
+    def time_reconcile(self) -> Iterator[None]:
+        """Observe the duration of a reconciliation."""
+        with self.reconcile_seconds.time():
+            yield
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve /metrics on a background thread."""
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,399 @@
+"""Level-based reconciliation of one job: observe, decide (pure), act.
+
+`Reconciler.reconcile` never raises: every failure is logged, counted, reported on the job as an
+event, and retried later with a growing delay, so no input can crash or hot-loop the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from dspark_operator.api.job import InvalidSpec, JobView, parse_job
+from dspark_operator.api.spec import RunPolicySpec
+from dspark_operator.api.status import DSparkTrainingJobStatus
+from dspark_operator.builders import BuildContext, build_children, workload_replicas
+from dspark_operator.builders.common import spec_hash
+from dspark_operator.constants import (
+    ANNOTATION_SPEC_HASH,
+    API_VERSION,
+    COMPONENT_INFERENCE,
+    COMPONENT_MOONCAKE,
+    COMPONENT_TRAINER,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PODMONITOR_GROUP,
+    PODMONITOR_VERSION,
+)
+from dspark_operator.kube import KINDS, ApiError, KubeApi, kind_of
+from dspark_operator.metrics import OperatorMetrics
+from dspark_operator.settings import Settings
+from dspark_operator.status import (
+    Decision,
+    Event,
+    Observed,
+    Workloads,
+    decide,
+    pod_info,
+    workload_info,
+)
+
+log = logging.getLogger("dspark_operator.reconcile")
+
+JOB_KIND = KINDS[KIND]
+# Status keys the operator owns; `progress` belongs to the trainer and is never written here.
+OPERATOR_STATUS_KEYS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "startTime",
+    "completionTime",
+    "restarts",
+    "draftPath",
+    "checkpointRequest",
+    "gang",
+)
+CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "StatefulSet")
+FIRST_WAVE = frozenset({"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"})
+PODMONITOR_RECHECK_SECONDS = 300.0
+MIN_ERROR_BACKOFF = 5.0
+MAX_ERROR_BACKOFF = 300.0
+
+
+class EventSink(Protocol):
+    """Posts Kubernetes events on a job."""
+
+    def post(self, job: Mapping[str, Any], event: Event) -> None:
+        """Post one event (must not raise)."""
+
+
+class LogEventSink:
+    """An EventSink that only logs (used when no Kopf context is around, e.g. in unit tests)."""
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, Event]] = []
+
+    def post(self, job: Mapping[str, Any], event: Event) -> None:
+        """Remember and log the event."""
+        name = (job.get("metadata") or {}).get("name", "?")
+        self.posted.append((name, event))
+        log.info("event %s on %s: %s %s", event.type, name, event.reason, event.message)
+
+
+@dataclasses.dataclass
+class ReconcileOutcome:
+    """What one reconciliation did (for the worker loop, metrics and tests)."""
+
+    result: str
+    requeue_after: float | None
+    phase: str | None = None
+    status_resource_version: str | None = None
+    applied: int = 0
+
+
+def utcnow() -> dt.datetime:
+    """The current time in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def selector(job_name: str, component: str | None = None) -> str:
+    """Label selector of a job's children (optionally of one component)."""
+    parts = [f"{LABEL_INSTANCE}={job_name}", f"{LABEL_MANAGED_BY}={MANAGED_BY}"]
+    if component:
+        parts.append(f"{LABEL_COMPONENT}={component}")
+    return ",".join(parts)
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether obj has a controller owner reference to the job with this uid."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("kind") == KIND and r.get("controller") for r in refs)
+
+
+def best_effort_run_policy(body: Mapping[str, Any]) -> RunPolicySpec | None:
+    """The run policy of a job whose spec is otherwise invalid (for TTL), or None."""
+    raw = (body.get("spec") or {}).get("runPolicy") if isinstance(body.get("spec"), Mapping) else None
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return RunPolicySpec.model_validate(dict(raw))
+    except ValidationError:
+        return None
+
+
+def status_patch(raw_status: Mapping[str, Any], new: DSparkTrainingJobStatus) -> dict[str, Any] | None:
+    """The merge patch from the current status to the new one (operator-owned keys only); None if equal."""
+    wire = new.to_wire()
+    patch: dict[str, Any] = {}
+    for key in OPERATOR_STATUS_KEYS:
+        if key in wire:
+            if raw_status.get(key) != wire[key]:
+                patch[key] = wire[key]
+        elif raw_status.get(key) is not None:
+            patch[key] = None
+    return patch or None
+
+
+def needs_apply(manifest: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+    """Whether a child must be (re)applied: missing, different spec hash, or different replica count."""
+    if existing is None:
+        return True
+    have = ((existing.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
+    want = (manifest.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_SPEC_HASH) or spec_hash(manifest)
+    if have != want:
+        return True
+    replicas = workload_replicas(dict(manifest))
+    if replicas is not None:
+        current = (existing.get("spec") or {}).get("replicas")
+        return current != replicas
+    return False
+
+
+def _invalid_from_api(manifest: Mapping[str, Any], err: ApiError) -> InvalidSpec:
+    kind = manifest.get("kind", "?")
+    name = (manifest.get("metadata") or {}).get("name", "?")
+    details = err.body.get("details") or {}
+    causes = details.get("causes") or []
+    fields = ", ".join(f"{c.get('field')}: {c.get('message')}" for c in causes if c.get("field")) or err.message
+    return InvalidSpec("spec", f"the API server rejects the {kind} {name} built from this spec ({fields})")
+
+
+class Reconciler:
+    """Reconciles one job at a time (the caller serialises calls per job)."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        settings: Settings,
+        metrics: OperatorMetrics,
+        events: EventSink,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.metrics = metrics
+        self.events = events
+        self.clock = clock
+        self._podmonitor: bool | None = None
+        self._podmonitor_checked = 0.0
+        self._errors: dict[str, int] = {}
+        self._last_error: dict[str, str] = {}
+
+    # ---------------------------------------------------------------- entry point
+    async def reconcile(self, namespace: str, name: str) -> ReconcileOutcome:
+        """Bring one job one step closer to its desired state. Never raises."""
+        key = f"{namespace}/{name}"
+        start = time.monotonic()
+        try:
+            outcome = await self._reconcile(namespace, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            count = self._errors.get(key, 0) + 1
+            self._errors[key] = count
+            delay = min(MAX_ERROR_BACKOFF, MIN_ERROR_BACKOFF * 2 ** (count - 1))
+            message = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ApiError):
+                log.warning("reconcile %s failed (retry in %.0fs): %s", key, delay, message)
+            else:
+                log.exception("reconcile %s failed with an unexpected error (retry in %.0fs)", key, delay)
+            if self._last_error.get(key) != message:
+                self._last_error[key] = message
+                self.events.post(
+                    {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace}},
+                    Event("Warning", "ReconcileError", f"{message[:900]} (retrying in {delay:.0f}s)"),
+                )
+            outcome = ReconcileOutcome(result="error", requeue_after=delay)
+        else:
+            self._errors.pop(key, None)
+            self._last_error.pop(key, None)
+        finally:
+            elapsed = time.monotonic() - start
+            self.metrics.reconcile_seconds.observe(elapsed)
+        self.metrics.reconcile_total.labels(result=outcome.result).inc()
+        return outcome
+
+    async def _reconcile(self, namespace: str, name: str) -> ReconcileOutcome:
+        body = await self.api.get(JOB_KIND.item(namespace, name))
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            if body is not None:
+                self.metrics.set_phase(body["metadata"].get("uid", ""), None)
+            return ReconcileOutcome(result="gone", requeue_after=None)
+        job = parse_job(body)
+        terminal_hint = (job.status.phase or "") in ("Succeeded", "Failed") or job.invalid is not None
+        existing, observed = await self.observe(job, workloads_only=terminal_hint)
+        now = self.clock()
+        policy = best_effort_run_policy(body) if job.spec is None else None
+        decision = decide(job, observed, now, run_policy=policy)
+        applied = 0
+        if decision.workloads is Workloads.UP:
+            try:
+                applied = await self._apply_children(job, existing)
+            except _Rejected as rejected:
+                job = dataclasses.replace(job, spec=None, invalid=rejected.invalid)
+                decision = decide(job, observed, now, run_policy=policy)
+        if decision.workloads is Workloads.DOWN:
+            await self._scale_down(existing)
+        await self._delete_pods(namespace, decision.delete_pods)
+        if decision.gang_restart:
+            self.metrics.gang_restarts.inc()
+        rv = await self._write_status(job, decision)
+        for event in decision.events:
+            self.events.post(body, event)
+        if decision.delete_job:
+            await self.api.delete(JOB_KIND.item(namespace, name), uid=job.uid, propagation="Background")
+            self.metrics.set_phase(job.uid, None)
+            return ReconcileOutcome(result=decision.result, requeue_after=None, phase=None, applied=applied)
+        phase = decision.status.phase
+        self.metrics.set_phase(job.uid, str(phase) if phase else None)
+        return ReconcileOutcome(
+            result=decision.result,
+            requeue_after=decision.requeue_after,
+            phase=str(phase) if phase else None,
+            status_resource_version=rv,
+            applied=applied,
+        )
+
+    # ---------------------------------------------------------------- observe
+    async def podmonitor_available(self) -> bool:
+        """Whether the Prometheus Operator's PodMonitor API exists (cached, rechecked every few minutes)."""
+        now = time.monotonic()
+        if self._podmonitor is None or now - self._podmonitor_checked > PODMONITOR_RECHECK_SECONDS:
+            self._podmonitor = await self.api.api_group_exists(f"{PODMONITOR_GROUP}/{PODMONITOR_VERSION}")
+            self._podmonitor_checked = now
+        return self._podmonitor
+
+    async def observe(
+        self, job: JobView, *, workloads_only: bool = False
+    ) -> tuple[dict[tuple[str, str], dict[str, Any]], Observed]:
+        """List the job's children (only ours: controller owner reference to this job's uid)."""
+        kinds: list[str] = ["Deployment", "StatefulSet"] if workloads_only else list(CHILD_KINDS)
+        if not workloads_only and await self.podmonitor_available():
+            kinds.append("PodMonitor")
+        sel = selector(job.name)
+        lists = await asyncio.gather(
+            *(self.api.list(KINDS[k].collection(job.namespace), sel) for k in kinds),
+            self.api.list(KINDS["Pod"].collection(job.namespace), selector(job.name, COMPONENT_TRAINER)),
+        )
+        existing: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind, items in zip(kinds, lists[:-1], strict=True):
+            for obj in items:
+                if owned_by(obj, job.uid):
+                    existing[(kind, obj["metadata"]["name"])] = obj
+        pods = tuple(sorted((pod_info(p) for p in lists[-1]), key=lambda p: p.name))
+
+        def workload(kind: str, component: str) -> Any:
+            for (k, _), obj in existing.items():
+                labels = obj["metadata"].get("labels") or {}
+                if k == kind and labels.get(LABEL_COMPONENT) == component:
+                    return workload_info(obj)
+            return None
+
+        observed = Observed(
+            children=frozenset(existing),
+            mooncake=workload("Deployment", COMPONENT_MOONCAKE),
+            inference=workload("Deployment", COMPONENT_INFERENCE),
+            trainer=workload("StatefulSet", COMPONENT_TRAINER),
+            trainer_pods=pods,
+        )
+        return existing, observed
+
+    # ---------------------------------------------------------------- act
+    async def _apply_children(self, job: JobView, existing: Mapping[tuple[str, str], Mapping[str, Any]]) -> int:
+        assert job.spec is not None
+        ctx = BuildContext(
+            name=job.name,
+            namespace=job.namespace,
+            uid=job.uid,
+            spec=job.spec,
+            trainer_image=self.settings.trainer_image,
+            inference_image=self.settings.inference_image,
+            podmonitor_available=bool(self._podmonitor),
+        )
+        try:
+            manifests = build_children(ctx)
+        except (ValidationError, ValueError) as err:
+            raise _Rejected(InvalidSpec("spec", f"cannot build the children: {err}")) from err
+        todo = [m for m in manifests if needs_apply(m, existing.get((m["kind"], m["metadata"]["name"])))]
+        created = job.status.condition("Created")
+        first_time = created is None or created.observed_generation != job.generation
+        if todo and first_time:
+            # Let the API server validate everything before creating anything (dry run).
+            await self._gather_apply(todo, dry_run=True)
+        first = [m for m in todo if m["kind"] in FIRST_WAVE]
+        second = [m for m in todo if m["kind"] not in FIRST_WAVE]
+        await self._gather_apply(first, dry_run=False)
+        await self._gather_apply(second, dry_run=False)
+        # Children that are no longer wanted (e.g. the PodMonitor after metrics.podMonitor: false).
+        wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+        stale = [(k, n, o) for (k, n), o in existing.items() if (k, n) not in wanted]
+        await asyncio.gather(
+            *(self.api.delete(KINDS[k].item(job.namespace, n), uid=o["metadata"].get("uid")) for k, n, o in stale)
+        )
+        return len(todo)
+
+    async def _gather_apply(self, manifests: Sequence[dict[str, Any]], *, dry_run: bool) -> None:
+        async def one(m: dict[str, Any]) -> None:
+            try:
+                if dry_run:
+                    meta = m["metadata"]
+                    await self.api.request(
+                        "PATCH",
+                        kind_of(m).item(meta["namespace"], meta["name"]),
+                        [("fieldManager", "dspark-operator"), ("force", "true"), ("dryRun", "All")],
+                        m,
+                        "application/apply-patch+yaml",
+                    )
+                else:
+                    await self.api.apply(m)
+            except ApiError as err:
+                if err.status in (400, 422):
+                    raise _Rejected(_invalid_from_api(m, err)) from err
+                raise
+
+        await asyncio.gather(*(one(m) for m in manifests))
+
+    async def _scale_down(self, existing: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
+        todo = [
+            (kind, obj)
+            for (kind, _), obj in existing.items()
+            if kind in ("Deployment", "StatefulSet") and (obj.get("spec") or {}).get("replicas") != 0
+        ]
+        await asyncio.gather(
+            *(
+                self.api.merge_patch(
+                    KINDS[kind].item(obj["metadata"]["namespace"], obj["metadata"]["name"]) + "/scale",
+                    {"spec": {"replicas": 0}},
+                )
+                for kind, obj in todo
+            )
+        )
+
+    async def _delete_pods(self, namespace: str, pods: Sequence[tuple[str, str]]) -> None:
+        await asyncio.gather(*(self.api.delete(KINDS["Pod"].item(namespace, n), uid=u) for n, u in pods))
+
+    async def _write_status(self, job: JobView, decision: Decision) -> str | None:
+        patch = status_patch(job.raw_status, decision.status)
+        if patch is None:
+            return None
+        result = await self.api.merge_patch(JOB_KIND.item(job.namespace, job.name) + "/status", {"status": patch})
+        return str(((result or {}).get("metadata") or {}).get("resourceVersion") or "") or None
+
+
+class _Rejected(Exception):
+    """The API server (or the builders) rejected what the spec produces."""
+
+    def __init__(self, invalid: InvalidSpec) -> None:
+        super().__init__(str(invalid))
+        self.invalid = invalid

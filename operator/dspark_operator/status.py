@@ -1,0 +1,538 @@
+"""Pure status computation: from (job, observed children, now) to the new status and the actions to take.
+
+Nothing here does I/O, so every rule of the job's life (phases, conditions, gang restarts, suspend,
+deadline, TTL, completion) is unit-testable without a cluster. :mod:`dspark_operator.reconcile`
+observes the cluster, calls :func:`decide` and carries out the :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dspark_operator.api.job import JobView
+from dspark_operator.api.spec import RunPolicySpec
+from dspark_operator.api.status import (
+    TERMINAL_PHASES,
+    CheckpointRequest,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    DSparkTrainingJobStatus,
+    GangMember,
+    GangStatus,
+    Phase,
+    TrainerState,
+)
+from dspark_operator.builders.config import draft_output_path
+
+SUSPEND_REASON = "Suspend"
+# Seconds between checks while something is in motion (events usually wake the worker sooner).
+ACTIVE_REQUEUE = 10.0
+
+
+# ------------------------------------------------------------------------------------------
+# Observed state
+
+
+@dataclasses.dataclass(frozen=True)
+class PodInfo:
+    """What the reconciler needs to know about one trainer pod."""
+
+    name: str
+    uid: str
+    phase: str
+    ready: bool
+    restart_count: int
+    deleting: bool
+    revision: str | None = None
+    reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        """Running and not being deleted."""
+        return self.phase == "Running" and not self.deleting
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadInfo:
+    """A Deployment or StatefulSet as observed."""
+
+    name: str
+    replicas: int
+    ready_replicas: int
+    update_revision: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """The job's children as observed before this reconcile."""
+
+    children: frozenset[tuple[str, str]] = frozenset()  # (kind, name) of the children that exist
+    mooncake: WorkloadInfo | None = None
+    inference: WorkloadInfo | None = None
+    trainer: WorkloadInfo | None = None
+    trainer_pods: tuple[PodInfo, ...] = ()
+
+
+def pod_info(pod: Mapping[str, Any]) -> PodInfo:
+    """PodInfo from a Pod object."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    statuses = list(status.get("containerStatuses") or []) + list(status.get("initContainerStatuses") or [])
+    restarts = sum(int(cs.get("restartCount") or 0) for cs in statuses)
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    reason = status.get("reason")
+    for cs in statuses:
+        state = cs.get("state") or {}
+        last = cs.get("lastState") or {}
+        for candidate in (state.get("waiting"), state.get("terminated"), last.get("terminated")):
+            if candidate and candidate.get("reason"):
+                reason = reason or candidate["reason"]
+    labels = meta.get("labels") or {}
+    return PodInfo(
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready,
+        restart_count=restarts,
+        deleting=bool(meta.get("deletionTimestamp")),
+        revision=labels.get("controller-revision-hash"),
+        reason=reason,
+    )
+
+
+def workload_info(obj: Mapping[str, Any]) -> WorkloadInfo:
+    """WorkloadInfo from a Deployment or StatefulSet object."""
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    return WorkloadInfo(
+        name=str((obj.get("metadata") or {}).get("name", "")),
+        replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        update_revision=status.get("updateRevision"),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Decision
+
+
+class Workloads(enum.Enum):
+    """What to do with the children."""
+
+    UP = "up"  # apply every child with its replicas from the spec
+    DOWN = "down"  # scale existing workloads to zero; create nothing
+    NONE = "none"  # touch nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes event to post on the job."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class Decision:
+    """The new status and the actions that lead there."""
+
+    status: DSparkTrainingJobStatus
+    workloads: Workloads
+    delete_pods: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (name, uid)
+    delete_job: bool = False
+    events: list[Event] = dataclasses.field(default_factory=list)
+    requeue_after: float | None = None
+    gang_restart: bool = False
+    result: str = "ok"
+
+
+def fmt_time(t: dt.datetime) -> str:
+    """RFC 3339 in UTC with a Z, second precision (as Kubernetes writes times)."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """Parse an RFC 3339 time; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+class _Builder:
+    """Accumulates status changes and the events they cause."""
+
+    def __init__(self, job: JobView, now: dt.datetime) -> None:
+        self.job = job
+        self.now = now
+        self.status = job.status.model_copy(deep=True)
+        self.events: list[Event] = []
+        self.requeue: list[float] = []
+        self.delete_pods: list[tuple[str, str]] = []
+
+    def condition(self, ctype: ConditionType, value: bool, reason: str, message: str = "") -> None:
+        status = ConditionStatus.TRUE if value else ConditionStatus.FALSE
+        old = self.status.condition(ctype.value)
+        if old is not None and old.status == status.value and old.reason == reason and old.message == message:
+            if old.observed_generation != self.job.generation:
+                old.observed_generation = self.job.generation
+            return
+        changed_status = old is None or old.status != status.value
+        new = Condition(
+            type=ctype.value,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=fmt_time(self.now) if changed_status or old is None else old.last_transition_time,
+            observed_generation=self.job.generation,
+        )
+        self.status.conditions = [c for c in self.status.conditions if c.type != ctype.value] + [new]
+        self.status.conditions.sort(key=lambda c: _CONDITION_ORDER.get(c.type, 99))
+        if changed_status or (old is not None and old.reason != reason):
+            warning = value and ctype in (ConditionType.FAILED, ConditionType.RESTARTING)
+            text = f"{ctype.value}={status.value}: {message}" if message else f"{ctype.value}={status.value}"
+            self.events.append(Event("Warning" if warning else "Normal", reason, text))
+
+    def drop_condition(self, ctype: ConditionType) -> None:
+        self.status.conditions = [c for c in self.status.conditions if c.type != ctype.value]
+
+    def phase(self, phase: Phase, message: str = "") -> None:
+        if self.status.phase != phase.value:
+            text = f"phase {self.status.phase or 'None'} -> {phase.value}" + (f": {message}" if message else "")
+            kind = "Warning" if phase == Phase.FAILED else "Normal"
+            self.events.append(Event(kind, f"Phase{phase.value}", text))
+            self.status.phase = phase
+
+    def finish(self, workloads: Workloads, **kwargs: Any) -> Decision:
+        self.status.observed_generation = self.job.generation
+        requeue = min(self.requeue) if self.requeue else None
+        kwargs.setdefault("delete_pods", list(self.delete_pods))
+        return Decision(status=self.status, workloads=workloads, events=self.events, requeue_after=requeue, **kwargs)
+
+
+_CONDITION_ORDER = {c.value: i for i, c in enumerate(ConditionType)}
+
+
+def run_policy_of(job: JobView) -> RunPolicySpec:
+    """The run policy, also for jobs whose spec is otherwise invalid (best effort)."""
+    if job.spec is not None:
+        return job.spec.run_policy
+    return RunPolicySpec()
+
+
+# ------------------------------------------------------------------------------------------
+# The rules
+
+
+def decide(job: JobView, observed: Observed, now: dt.datetime, *, run_policy: RunPolicySpec | None = None) -> Decision:
+    """Compute the job's next status and the actions to get there."""
+    b = _Builder(job, now)
+    st = b.status
+    policy = run_policy or run_policy_of(job)
+
+    # Terminal phases are sticky: keep children scaled down, honour the TTL, never recreate anything.
+    if st.phase in TERMINAL_PHASES:
+        return _terminal(b, policy)
+
+    if job.invalid is not None:
+        b.condition(ConditionType.FAILED, True, "InvalidSpec", str(job.invalid))
+        return _fail(b, policy, "InvalidSpec", str(job.invalid), result="invalid")
+
+    spec = job.spec
+    assert spec is not None
+    progress = st.progress
+
+    if progress is not None and progress.state == TrainerState.COMPLETED.value:
+        st.draft_path = progress.draft_path or draft_output_path(spec)
+        st.completion_time = st.completion_time or fmt_time(now)
+        st.checkpoint_request = None
+        b.condition(ConditionType.SUCCEEDED, True, "TrainingCompleted", f"draft written to {st.draft_path}")
+        _mark_stopped(b, "TrainingCompleted")
+        b.phase(Phase.SUCCEEDED, f"draft at {st.draft_path}")
+        _ttl(b, policy)
+        return b.finish(Workloads.DOWN)
+
+    if progress is not None and progress.state == TrainerState.FAILED.value:
+        msg = progress.message or "the trainer reported a failure it cannot recover from"
+        b.condition(ConditionType.FAILED, True, "TrainerFailed", msg)
+        return _fail(b, policy, "TrainerFailed", msg)
+
+    start = parse_time(st.start_time)
+    deadline = policy.active_deadline_seconds
+    if deadline is not None and start is not None and st.phase != Phase.SUSPENDED.value:
+        left = (start - now).total_seconds() + deadline
+        if left <= 0:
+            msg = f"the job ran longer than activeDeadlineSeconds={deadline}"
+            b.condition(ConditionType.FAILED, True, "DeadlineExceeded", msg)
+            return _fail(b, policy, "DeadlineExceeded", msg)
+        b.requeue.append(left)
+
+    if policy.suspend:
+        return _suspend(b, policy, observed)
+    if st.phase == Phase.SUSPENDED.value:
+        b.condition(ConditionType.SUSPENDED, False, "Resumed", "runPolicy.suspend is false; scaling back up")
+        st.start_time = fmt_time(now)  # as for Jobs: the deadline counts from the resume
+        st.gang = GangStatus()
+        b.phase(Phase.STARTING, "resumed")
+        if deadline is not None:
+            b.requeue.append(float(deadline))
+    if st.checkpoint_request is not None and st.checkpoint_request.reason == SUSPEND_REASON:
+        st.checkpoint_request = None  # suspend was withdrawn before it completed
+        if st.condition(ConditionType.SUSPENDED.value) is not None:
+            b.condition(ConditionType.SUSPENDED, False, "SuspendCancelled", "runPolicy.suspend is false again")
+
+    return _running(b, policy, observed)
+
+
+def _terminal(b: _Builder, policy: RunPolicySpec) -> Decision:
+    if b.status.completion_time is None:
+        b.status.completion_time = fmt_time(b.now)
+    delete = _ttl(b, policy)
+    return b.finish(Workloads.DOWN, delete_job=delete)
+
+
+def _ttl(b: _Builder, policy: RunPolicySpec) -> bool:
+    ttl = policy.ttl_seconds_after_finished
+    done = parse_time(b.status.completion_time) or b.now
+    if ttl is None:
+        return False
+    left = (done - b.now).total_seconds() + ttl
+    if left <= 0:
+        b.events.append(Event("Normal", "TTLExpired", f"deleting the job {ttl}s after it finished"))
+        return True
+    b.requeue.append(left)
+    return False
+
+
+def _mark_stopped(b: _Builder, reason: str) -> None:
+    for ctype in (
+        ConditionType.RUNNING,
+        ConditionType.TRAINER_READY,
+        ConditionType.INFERENCE_READY,
+        ConditionType.TRANSPORT_READY,
+    ):
+        if b.status.condition(ctype.value) is not None:
+            b.condition(ctype, False, reason, "children scaled down")
+    if b.status.is_true(ConditionType.RESTARTING.value):
+        b.condition(ConditionType.RESTARTING, False, reason)
+
+
+def _fail(b: _Builder, policy: RunPolicySpec, reason: str, message: str, result: str = "failed") -> Decision:
+    b.status.completion_time = b.status.completion_time or fmt_time(b.now)
+    b.status.checkpoint_request = None
+    _mark_stopped(b, reason)
+    b.phase(Phase.FAILED, message)
+    delete = _ttl(b, policy)
+    return b.finish(Workloads.DOWN, delete_job=delete, result=result)
+
+
+def _suspend(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision:
+    st = b.status
+    if st.phase == Phase.SUSPENDED.value:
+        return b.finish(Workloads.DOWN)
+    trainer_running = any(p.running for p in observed.trainer_pods)
+    req = st.checkpoint_request
+    if trainer_running and (req is None or req.reason != SUSPEND_REASON):
+        req = CheckpointRequest(
+            id=f"suspend-{b.job.generation}-{int(b.now.timestamp())}",
+            reason=SUSPEND_REASON,
+            requested_time=fmt_time(b.now),
+        )
+        st.checkpoint_request = req
+        b.condition(
+            ConditionType.SUSPENDED, False, "CheckpointRequested", f"waiting for the trainer to checkpoint ({req.id})"
+        )
+        b.requeue.append(min(ACTIVE_REQUEUE, float(policy.suspend_timeout_seconds)))
+        return b.finish(Workloads.NONE)
+    reason, message = "Suspended", "no trainer pod was running; scaled down"
+    if req is not None and trainer_running:
+        progress = st.progress
+        acked = progress is not None and progress.checkpoint_ack == req.id
+        asked = parse_time(req.requested_time) or b.now
+        left = (asked - b.now).total_seconds() + policy.suspend_timeout_seconds
+        if acked:
+            where = progress.last_checkpoint if progress is not None else None
+            reason, message = "Checkpointed", f"trainer checkpointed{f' to {where}' if where else ''}; scaled down"
+        elif left <= 0:
+            reason = "CheckpointTimeout"
+            message = f"no checkpoint within suspendTimeoutSeconds={policy.suspend_timeout_seconds}; scaled down"
+        else:
+            b.requeue.append(min(ACTIVE_REQUEUE, left))
+            return b.finish(Workloads.NONE)
+    st.checkpoint_request = None
+    st.gang = GangStatus()
+    b.condition(ConditionType.SUSPENDED, True, reason, message)
+    _mark_stopped(b, "Suspended")
+    b.phase(Phase.SUSPENDED, message)
+    return b.finish(Workloads.DOWN)
+
+
+def _running(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision:
+    st = b.status
+    spec = b.job.spec
+    assert spec is not None
+    if st.start_time is None:
+        st.start_time = fmt_time(b.now)
+        if policy.active_deadline_seconds is not None:
+            b.requeue.append(float(policy.active_deadline_seconds))
+    b.condition(ConditionType.CREATED, True, "ChildrenApplied", "all children are applied")
+
+    mooncake_ready = observed.mooncake is not None and observed.mooncake.ready_replicas >= 1
+    b.condition(
+        ConditionType.TRANSPORT_READY,
+        mooncake_ready,
+        "MasterReady" if mooncake_ready else "WaitingForMaster",
+        "Mooncake master is ready" if mooncake_ready else "Mooncake master is not ready yet",
+    )
+    want = spec.inference.replicas
+    have = observed.inference.ready_replicas if observed.inference is not None else 0
+    inference_ready = have >= want
+    b.condition(
+        ConditionType.INFERENCE_READY,
+        inference_ready,
+        "ReplicasReady" if inference_ready else "WaitingForReplicas",
+        f"{min(have, want)}/{want} inference replicas ready",
+    )
+
+    decision_extra = _gang(b, policy, observed)
+    if decision_extra is not None:
+        return decision_extra
+    gang = st.gang or GangStatus()
+    nodes = spec.trainer.nodes
+    trainer_ready = len(gang.members) == nodes
+    running_pods = sum(1 for p in observed.trainer_pods if p.running)
+    b.condition(
+        ConditionType.TRAINER_READY,
+        trainer_ready,
+        "GangRunning" if trainer_ready else "WaitingForGang",
+        f"{min(running_pods, nodes) if not trainer_ready else nodes}/{nodes} trainer pods running",
+    )
+    restarting = st.is_true(ConditionType.RESTARTING.value)
+    if restarting and trainer_ready:
+        b.condition(ConditionType.RESTARTING, False, "GangRunning", f"all {nodes} trainer pods run again")
+        restarting = False
+    running = trainer_ready and inference_ready and mooncake_ready
+    if running:
+        b.condition(ConditionType.RUNNING, True, "Training", "trainer, inference and transport are up")
+        b.phase(Phase.RUNNING)
+    else:
+        missing = [
+            name
+            for name, ok in (("transport", mooncake_ready), ("inference", inference_ready), ("trainer", trainer_ready))
+            if not ok
+        ]
+        b.condition(
+            ConditionType.RUNNING,
+            False,
+            "Restarting" if restarting else "Starting",
+            f"waiting for {', '.join(missing)}",
+        )
+        anything_up = mooncake_ready or have > 0 or running_pods > 0
+        b.phase(Phase.STARTING if anything_up or st.phase not in (None, Phase.PENDING.value) else Phase.PENDING)
+        b.requeue.append(ACTIVE_REQUEUE)
+    return b.finish(Workloads.UP)
+
+
+def _gang(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision | None:
+    """Gang bookkeeping: detect failures/restarts of trainer pods and restart the whole gang.
+
+    Returns a final Decision when the job fails (backoff limit) or a gang restart is started;
+    otherwise updates b.status.gang and returns None.
+    """
+    st = b.status
+    spec = b.job.spec
+    assert spec is not None
+    nodes = spec.trainer.nodes
+    gang = (st.gang or GangStatus()).model_copy(deep=True)
+    pods = list(observed.trainer_pods)
+    present = {p.uid for p in pods}
+    terminating = [u for u in gang.terminating if u in present]
+    live = [p for p in pods if p.uid not in set(terminating)]
+    redelete = [(p.name, p.uid) for p in pods if p.uid in set(terminating) and not p.deleting]
+    b.delete_pods = redelete  # pods we deleted before that still exist without a deletionTimestamp
+    by_name = {p.name: p for p in live}
+    revision = observed.trainer.update_revision if observed.trainer is not None else None
+
+    failure: str | None = None
+    roll: str | None = None
+    if revision and any(p.revision and p.revision != revision and not p.deleting for p in live):
+        roll = f"the trainer pod template changed (revision {revision}); restarting the gang on the new template"
+    elif gang.members:
+        for m in gang.members:
+            p = by_name.get(m.name)
+            if p is None:
+                failure = f"trainer pod {m.name} disappeared"
+            elif p.uid != m.uid:
+                failure = f"trainer pod {m.name} was replaced"
+            elif p.deleting:
+                failure = f"trainer pod {m.name} is being deleted"
+            elif p.restart_count > m.restart_count:
+                failure = f"trainer pod {m.name} restarted" + (f" ({p.reason})" if p.reason else "")
+            elif p.phase == "Failed":
+                failure = f"trainer pod {m.name} failed" + (f" ({p.reason})" if p.reason else "")
+            if failure:
+                break
+    else:
+        for p in live:
+            if p.phase == "Failed" or (p.restart_count > 0 and not p.deleting):
+                failure = f"trainer pod {p.name} {'failed' if p.phase == 'Failed' else 'restarted'}" + (
+                    f" ({p.reason})" if p.reason else ""
+                )
+                break
+
+    if failure is not None or roll is not None:
+        if failure is not None:
+            st.restarts += 1
+            if st.restarts > policy.backoff_limit:
+                msg = f"{failure}; {st.restarts - 1} gang restarts already (backoffLimit={policy.backoff_limit})"
+                b.condition(ConditionType.FAILED, True, "BackoffLimitExceeded", msg)
+                return _fail(b, policy, "BackoffLimitExceeded", msg)
+        victims = [p for p in live if not p.deleting]
+        gang.terminating = terminating + [p.uid for p in live]
+        gang.members = []
+        gang.revision = None
+        st.gang = gang
+        if failure is not None:
+            b.condition(
+                ConditionType.RESTARTING,
+                True,
+                "GangRestart",
+                f"{failure}; restarting all {nodes} trainer pods (restart {st.restarts} of {policy.backoff_limit})",
+            )
+        else:
+            assert roll is not None
+            b.condition(ConditionType.RESTARTING, True, "SpecChanged", roll)
+        b.condition(ConditionType.TRAINER_READY, False, "GangRestart", "trainer pods are being recreated")
+        b.condition(ConditionType.RUNNING, False, "Restarting", failure or roll or "")
+        b.phase(Phase.STARTING, failure or roll or "")
+        b.requeue.append(ACTIVE_REQUEUE)
+        b.delete_pods = redelete + [(p.name, p.uid) for p in victims]
+        return b.finish(Workloads.UP, gang_restart=failure is not None)
+
+    if not gang.members and not terminating:
+        ready = [
+            p for p in live if p.running and p.ready and (not revision or not p.revision or p.revision == revision)
+        ]
+        if len(live) == nodes and len(ready) == nodes:
+            gang.members = [
+                GangMember(name=p.name, uid=p.uid, restart_count=p.restart_count)
+                for p in sorted(ready, key=lambda p: p.name)
+            ]
+            gang.revision = revision
+    gang.terminating = terminating
+    st.gang = gang
+    return None
+
+
+def summarize_pods(pods: Sequence[PodInfo]) -> str:
+    """One-line summary of trainer pods (for logs)."""
+    return ", ".join(f"{p.name}:{p.phase}{'*' if p.deleting else ''}/{p.restart_count}" for p in pods) or "none"
