@@ -53,3 +53,64 @@ def make_standin_target(path: Any, hidden: int = 32, layers: int = 4, seed: int 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+TESTS_DIR = __import__("pathlib").Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent.parent
+
+
+def standin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a trainer subprocess that uses the stand-in draft API."""
+    import os
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["DSPARK_DRAFT_API"] = "standin_draft:StandinDraftAPI"
+    env["OMP_NUM_THREADS"] = "1"
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(extra or {})
+    return env
+
+
+def torchrun_cmd(config_path: Any, nproc: int, max_restarts: int = 0) -> list[str]:
+    import sys
+    from pathlib import Path
+
+    from dspark_trainer.runtime.dist import free_port
+
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    return [
+        torchrun, "--nproc-per-node", str(nproc), "--max-restarts", str(max_restarts),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        "-m", "dspark_trainer.cli", "train", "--config", str(config_path),
+    ]
+
+
+def write_config(path: Any, cfg: dict[str, Any]) -> Any:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def worker_pids(parent_pid: int) -> dict[int, int]:
+    """LOCAL_RANK -> pid of the torchrun workers under ``parent_pid``."""
+    from pathlib import Path
+
+    out: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != parent_pid:
+                continue
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        for item in env:
+            if item.startswith(b"LOCAL_RANK="):
+                out[int(item.split(b"=", 1)[1])] = int(proc.name)
+    return out
