@@ -119,7 +119,11 @@ def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
             finally:
                 training.close()
         if status is not None:
-            status.report(board.status_fields(), force=True)
+            fields = board.status_fields()
+            if outcome == "completed":
+                status.completed(str(fields.pop("draft_path", config.output_dir)), **fields)
+            else:
+                status.report(fields, force=True)
         shutdown_distributed()
         if outcome == "completed" and not exit_on_complete:
             wait_until_stopped(stop)
@@ -128,14 +132,15 @@ def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
         if ctx.is_main:
             log.error("%s", exc)
         board.update(state="Failed", message=str(exc)[:4000])
-        if status is not None:
-            status.report(board.status_fields(), force=True)
+        if status is not None:  # a restart cannot fix a bad config: the operator marks the job Failed
+            status.failed(str(exc))
         return 2
     except Exception as exc:
         log.exception("training failed")
-        board.update(state="Failed", message=f"{type(exc).__name__}: {exc}"[:4000])
+        # Not reported as Failed: the operator's gang restart (resume from the checkpoint) may fix it.
+        board.update(message=f"{type(exc).__name__}: {exc}"[:4000])
         if status is not None:
-            status.report(board.status_fields(), force=True)
+            status.report({"message": f"{type(exc).__name__}: {exc}"}, force=True)
         raise
     finally:
         if status is not None:

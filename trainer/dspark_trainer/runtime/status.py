@@ -1,22 +1,33 @@
-"""Bridge from the progress board to the job's ``status.progress`` (issue 6's status reporter).
+"""Bridge from the progress board to the job's ``status.progress`` (``dspark_trainer.status_reporter``).
 
-Only rank 0 reports, and only when running under the operator (job name and namespace in the
-environment); the reporter throttles its patches."""
+Only rank 0 reports, and only when running under the operator (``DSPARK_JOB_NAME`` and
+``DSPARK_JOB_NAMESPACE`` in the environment); the reporter throttles its patches to
+``metrics.statusIntervalSeconds`` and sends state changes at once."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
-
-log = logging.getLogger(__name__)
 
 
 class StatusSink(Protocol):
-    def report(self, fields: dict[str, Any], force: bool = False) -> None: ...
+    """The part of ``StatusReporter`` the runtime uses."""
+
+    def report(self, fields: Mapping[str, Any] | None = None, force: bool = False, **more: Any) -> bool: ...
+
+    def checkpoint_request(self, max_age: float = 30.0) -> str | None: ...
+
+    def checkpointed(self, path: str, step: int | None = None, request_id: str | None = None) -> bool: ...
+
+    def completed(self, draft_path: str, *, retry_seconds: float = 120.0, **fields: Any) -> bool: ...
+
+    def failed(self, message: str, **fields: Any) -> bool: ...
 
     def close(self) -> None: ...
 
 
 def make_status_sink(interval_seconds: float) -> StatusSink | None:
-    """The operator's status reporter when the job is known from the environment, else None."""
-    return None
+    """The operator's status reporter when the job is named in the environment (rank 0), else None."""
+    from dspark_trainer.status_reporter import StatusReporter
+
+    return StatusReporter.from_env(min_interval=interval_seconds)

@@ -23,7 +23,6 @@ from dspark_trainer.runtime.dist import (
     all_gather_objects,
     all_reduce_max,
     all_reduce_sum,
-    any_rank,
     barrier,
 )
 from dspark_trainer.runtime.draft_api import DraftAPI, Quality
@@ -71,6 +70,7 @@ class TrainingRun:
         self.tokens = 0
         self.skipped = 0
         self.last_checkpoint_step: int | None = None
+        self._acked_request: str | None = None
         self.param_dtype = param_dtype_for(config.runtime.precision, ctx.device)
         self.ckpt = CheckpointManager(config.checkpoint.dir, config.checkpoint.keep_last, ctx.rank)
         self.sample_log = SampleLog(config.runtime.sample_log_dir, ctx.rank) if config.runtime.sample_log_dir else None
@@ -186,8 +186,15 @@ class TrainingRun:
         self.board.reset_throughput()
         self.board.record_throughput(self.samples, self.tokens)
         while self.step < total:
-            if any_rank(self.stop.is_set(), self.ctx.device):
-                self._checkpoint()
+            stop, checkpoint_request = self._control()
+            if checkpoint_request is not None:
+                path = self._checkpoint()
+                if self.status is not None:
+                    self.status.checkpointed(str(path), step=self.step, request_id=checkpoint_request)
+                self._acked_request = checkpoint_request
+            if stop:
+                if self.last_checkpoint_step != self.step:
+                    self._checkpoint()
                 note = f"stopped at step {self.step} ({self.stop.signal_name})"
                 self.board.update(state="Checkpointed", message=note)
                 self._report(force=True)
@@ -201,6 +208,14 @@ class TrainingRun:
             self._checkpoint()
         self._evaluate()
         return "completed"
+
+    def _control(self) -> tuple[bool, str | None]:
+        """(stop requested on any rank, the operator's new checkpoint request id) agreed by all ranks."""
+        request = self.status.checkpoint_request() if self.status is not None else None
+        fresh = request is not None and request != self._acked_request
+        flags = torch.tensor([float(self.stop.is_set()), float(fresh)], device=self.ctx.device)
+        agreed = all_reduce_max(flags).tolist()
+        return agreed[0] > 0, (request or "checkpoint") if agreed[1] > 0 else None
 
     def _one_step(self, data: Iterator[CapturedSample]) -> None:
         started = time.perf_counter()
@@ -265,7 +280,7 @@ class TrainingRun:
         self._report()
 
     # ---- checkpoints, eval, export --------------------------------------------------------------
-    def _checkpoint(self) -> None:
+    def _checkpoint(self) -> Path:
         local = {
             "cursor": self.cursor,
             "rng_cpu": torch.get_rng_state(),
@@ -284,6 +299,7 @@ class TrainingRun:
         self.board.update(last_checkpoint=str(path), last_checkpoint_step=self.step)
         log.info("checkpoint %s written in %.1fs", path, time.perf_counter() - start)
         self._report(force=True)
+        return path
 
     def _evaluate(self) -> Quality | None:
         samples = self.eval_samples
