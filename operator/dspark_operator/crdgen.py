@@ -270,7 +270,10 @@ def _convert(node: Schema, path: Path_, *, defaults: bool) -> Schema:
                     and not child.pop("_optional", False)
                     and not child.get("required")
                 ):
-                    child["default"] = {}
+                    # The fully defaulted object (the API server checks defaults against CEL rules as they are).
+                    child["default"] = {
+                        n: sub_["default"] for n, sub_ in child["properties"].items() if "default" in sub_
+                    }
                 child.pop("_optional", None)
                 out["properties"][name] = child
         extra = node.get("additionalProperties")
@@ -342,7 +345,7 @@ def check_descriptions(schema: Schema, path: str = "") -> list[str]:
     missing: list[str] = []
     for name, sub in (schema.get("properties") or {}).items():
         here = f"{path}.{name}" if path else name
-        if not sub.get("description"):
+        if not sub.get("description") and here != "metadata":
             missing.append(here)
         missing += check_descriptions(sub, here)
         if isinstance(sub.get("items"), dict):
@@ -374,7 +377,7 @@ def openapi_schema() -> Schema:
                 "description": "APIVersion defines the versioned schema of this representation of an object.",
             },
             "kind": {"type": "string", "description": "Kind is the REST resource this object represents."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},  # the API server allows nothing else here
             "spec": spec,
             "status": status,
         },

@@ -55,6 +55,7 @@ class KopfEventSink:
     def post(self, job: Mapping[str, Any], event: Event) -> None:
         """Post one event on the job; never raises."""
         meta = job.get("metadata") or {}
+        log.info("%s/%s: %s %s: %s", meta.get("namespace"), meta.get("name"), event.type, event.reason, event.message)
         body = {
             "apiVersion": job.get("apiVersion", API_VERSION),
             "kind": job.get("kind", KIND),
@@ -168,7 +169,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING  # explicit events only, plus warnings/errors
-    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.server_timeout = int(ours.watch_server_timeout)  # the API wants an integer
     settings.watching.client_timeout = ours.watch_server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.watching.reconnect_backoff = 1.0

@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, quiet=args.quiet)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    if not args.verbose:
+        # Kopf logs every handler call of every watch event at INFO; the operator logs what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import dspark_operator.handlers  # noqa: F401  (registers the handlers)
 
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None

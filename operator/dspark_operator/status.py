@@ -197,7 +197,8 @@ class _Builder:
         )
         self.status.conditions = [c for c in self.status.conditions if c.type != ctype.value] + [new]
         self.status.conditions.sort(key=lambda c: _CONDITION_ORDER.get(c.type, 99))
-        if changed_status or (old is not None and old.reason != reason):
+        initial_false = old is None and not value  # a condition that starts out False is no transition
+        if not initial_false and (changed_status or (old is not None and old.reason != reason)):
             warning = value and ctype in (ConditionType.FAILED, ConditionType.RESTARTING)
             text = f"{ctype.value}={status.value}: {message}" if message else f"{ctype.value}={status.value}"
             self.events.append(Event("Warning" if warning else "Normal", reason, text))

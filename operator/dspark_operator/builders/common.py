@@ -208,8 +208,12 @@ def hf_token_env(ctx: BuildContext) -> list[dict[str, Any]]:
 def spec_hash(manifest: Mapping[str, Any]) -> str:
     """A stable hash of a manifest (without the hash annotation itself)."""
     data = json.loads(json.dumps(manifest, sort_keys=True, default=str))
-    annotations = data.get("metadata", {}).get("annotations", {})
-    annotations.pop(ANNOTATION_SPEC_HASH, None)
+    meta = data.get("metadata", {})
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict):
+        annotations.pop(ANNOTATION_SPEC_HASH, None)
+        if not annotations:
+            del meta["annotations"]
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,262 @@
+"""Manifest builders: semantics of every child (no snapshots)."""
+
+from __future__ import annotations
+
+import yaml
+from dspark_operator.builders import build_children, child_names
+from dspark_operator.builders.common import spec_hash
+from dspark_operator.constants import ANNOTATION_SPEC_HASH
+from dspark_operator.reconcile import needs_apply
+from dspark_trainer.config import TrainerConfig
+from operator_helpers import UID, env_of, find, make_ctx
+
+PROD = {
+    "target": {"model": "/models/q", "modelClaimName": "models", "hfTokenSecretRef": {"name": "hf"}},
+    "dataset": {"path": "/data/x.jsonl", "claimName": "data"},
+    "inference": {
+        "replicas": 4,
+        "tensorParallelSize": 2,
+        "extraArgs": ["--mem-fraction-static", "0.8"],
+        "resources": {"requests": {"cpu": "8", "memory": "64Gi"}},
+    },
+    "trainer": {
+        "nodes": 2,
+        "gpusPerNode": 8,
+        "output": {"claimName": "out"},
+        "resources": {"requests": {"cpu": 32}, "limits": {"memory": "512Gi"}},
+    },
+    "transport": {"protocol": "rdma", "rdmaResourceName": "rdma/ib", "rdmaResourceCount": 2, "deviceNames": "mlx5_0"},
+    "scheduling": {
+        "priorityClassName": "high",
+        "nodeSelector": {"gpu": "h100"},
+        "schedulerName": "volcano",
+        "queueName": "team-q",
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+}
+
+
+def test_every_child_is_owned_labelled_and_namespaced() -> None:
+    ctx = make_ctx(PROD, podmonitor=True)
+    children = build_children(ctx)
+    kinds = sorted(m["kind"] for m in children)
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "Service",
+            "Deployment",
+            "Service",
+            "StatefulSet",
+            "PodMonitor",
+        ]
+    )
+    for m in children:
+        meta = m["metadata"]
+        assert meta["namespace"] == "ns"
+        (ref,) = meta["ownerReferences"]
+        assert ref == {
+            "apiVersion": "dspark.io/v1alpha1",
+            "kind": "DSparkTrainingJob",
+            "name": "demo",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        labels = meta["labels"]
+        assert labels["app.kubernetes.io/name"] == "dspark"
+        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["app.kubernetes.io/managed-by"] == "dspark-operator"
+        assert labels["app.kubernetes.io/part-of"] == "dspark"
+        assert "app.kubernetes.io/component" in labels
+        assert meta["annotations"][ANNOTATION_SPEC_HASH] == spec_hash(m)
+        assert len(meta["name"]) <= 63
+
+
+def test_podmonitor_only_when_the_api_exists_and_wanted() -> None:
+    assert "PodMonitor" not in [m["kind"] for m in build_children(make_ctx(PROD, podmonitor=False))]
+    off = {**PROD, "metrics": {"podMonitor": False}}
+    assert "PodMonitor" not in [m["kind"] for m in build_children(make_ctx(off, podmonitor=True))]
+    pm = find(build_children(make_ctx(PROD, podmonitor=True)), "PodMonitor")
+    ports = {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
+    assert ports == {"metrics", "http"}
+    assert pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "demo"
+
+
+def test_mooncake_master() -> None:
+    children = build_children(make_ctx(PROD))
+    dep = find(children, "Deployment", "mooncake-master")
+    svc = find(children, "Service", "mooncake-master")
+    assert dep["spec"]["replicas"] == 1
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["mooncake_master"]
+    assert "--rpc_port=50051" in c["args"] and "--enable_http_metadata_server=true" in c["args"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"rpc": 50051, "http-metadata": 8080, "metrics": 9003}
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
+        "rpc": 50051,
+        "http-metadata": 8080,
+        "metrics": 9003,
+    }
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_sglang_deployment() -> None:
+    children = build_children(make_ctx(PROD))
+    dep = find(children, "Deployment", "inference")
+    svc = find(children, "Service", "inference")
+    assert dep["spec"]["replicas"] == 4
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = c["args"]
+    assert args[args.index("--model-path") + 1] == "/models/q"
+    assert args[args.index("--tp-size") + 1] == "2"
+    assert args[args.index("--chunked-prefill-size") + 1] == "-1"
+    assert "--disable-radix-cache" in args and "--enable-metrics" in args
+    assert args[-2:] == ["--mem-fraction-static", "0.8"]
+    env = env_of(c)
+    assert env["SGLANG_PLUGINS"] == "dspark_capture"
+    assert env["MOONCAKE_MASTER"] == "demo-mooncake.ns.svc:50051"
+    assert env["MOONCAKE_PROTOCOL"] == "rdma" and env["MOONCAKE_DEVICE"] == "mlx5_0"
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert c["startupProbe"]["httpGet"]["path"] == "/health_generate"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health_generate"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    models = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert models["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    # GPUs = tensor parallel size by default; RDMA resource; CPU/memory from the spec.
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert c["resources"]["limits"]["rdma/ib"] == 2
+    assert c["resources"]["requests"]["cpu"] == "8"
+    assert c["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+    assert c["securityContext"]["privileged"] is False
+    assert (
+        svc["spec"]["ports"][0]["port"] == 30000 and svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_trainer_statefulset_and_headless_service() -> None:
+    children = build_children(make_ctx(PROD))
+    sts = find(children, "StatefulSet", "trainer")
+    svc = find(children, "Service", "trainer")
+    names = child_names("demo")
+    spec = sts["spec"]
+    assert spec["replicas"] == 2 and spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"] == {"type": "OnDelete"}
+    assert spec["serviceName"] == names.trainer == svc["metadata"]["name"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert {p["port"] for p in svc["spec"]["ports"]} == {29500, 9400}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == names.service_account
+    assert pod["terminationGracePeriodSeconds"] == 300
+    (c,) = pod["containers"]
+    script = c["command"][2]
+    assert c["command"][:2] == ["/bin/sh", "-c"]
+    assert "torchrun --nnodes 2 --nproc-per-node 8" in script
+    assert "--master-addr demo-trainer-0.demo-trainer.ns.svc --master-port 29500" in script
+    assert '--node-rank "$rank"' in script
+    assert "-m dspark_trainer.cli train --config /etc/dspark/trainer.yaml" in script
+    env = env_of(c)
+    assert env["DSPARK_JOB_NAME"] == "demo" and env["DSPARK_JOB_NAMESPACE"] == "ns"
+    assert env["DSPARK_POD_INDEX"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+    assert env["NCCL_IB_HCA"] == "mlx5_0"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 8 and c["resources"]["limits"]["rdma/ib"] == 2
+    assert c["resources"]["limits"]["memory"] == "512Gi" and c["resources"]["requests"]["cpu"] == 32
+    assert c["securityContext"] == {"privileged": False, "capabilities": {"add": ["IPC_LOCK"]}}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["output"]["persistentVolumeClaim"] == {"claimName": "out"}
+    assert vols["data"]["persistentVolumeClaim"] == {"claimName": "data", "readOnly": True}
+    assert vols["config"]["configMap"]["name"] == names.config
+
+
+def test_scheduling_and_kueue_on_every_workload() -> None:
+    children = build_children(make_ctx(PROD))
+    for m in children:
+        if m["kind"] not in ("Deployment", "StatefulSet"):
+            assert "kueue.x-k8s.io/queue-name" not in m["metadata"]["labels"]
+            continue
+        assert m["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q"
+        tmpl = m["spec"]["template"]
+        assert tmpl["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q"
+        pod = tmpl["spec"]
+        assert pod["nodeSelector"] == {"gpu": "h100"}
+        assert pod["priorityClassName"] == "high" and pod["schedulerName"] == "volcano"
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_tcp_transport_and_cpu_only_trainer() -> None:
+    ctx = make_ctx(
+        {"transport": {"protocol": "tcp"}, "trainer": {"gpusPerNode": 0, "nodes": 1}, "inference": {"gpus": 0}}
+    )
+    children = build_children(ctx)
+    for m in children:
+        if m["kind"] in ("Deployment", "StatefulSet"):
+            for c in m["spec"]["template"]["spec"]["containers"]:
+                res = c.get("resources", {})
+                for part in ("requests", "limits"):
+                    assert "rdma/hca" not in res.get(part, {})
+                    assert "nvidia.com/gpu" not in res.get(part, {})
+                assert "capabilities" not in c.get("securityContext", {})
+                assert c["securityContext"]["privileged"] is False
+    script = find(children, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    assert "--nproc-per-node 1" in script
+
+
+def test_scaled_down_children_have_zero_replicas() -> None:
+    children = build_children(make_ctx(PROD), scaled_up=False)
+    for m in children:
+        if m["kind"] in ("Deployment", "StatefulSet"):
+            assert m["spec"]["replicas"] == 0
+
+
+def test_config_map_holds_a_valid_trainer_config() -> None:
+    cm = find(build_children(make_ctx(PROD)), "ConfigMap")
+    config = TrainerConfig.model_validate(yaml.safe_load(cm["data"]["trainer.yaml"]))
+    assert config.target.model == "/models/q"
+    assert config.dataset.path == "/data/x.jsonl"
+    assert config.capture.endpoints == ["http://demo-inference.ns.svc:30000"]
+    assert config.transport.master_address == "demo-mooncake.ns.svc:50051"
+    assert config.transport.metadata_server == "http://demo-mooncake.ns.svc:8080/metadata"
+    assert config.transport.protocol == "rdma"
+    assert config.output_dir == "/output/draft" and config.checkpoint.dir == "/output/checkpoints"
+    assert config.metrics.port == 9400
+
+
+def test_rbac_allows_only_this_jobs_status() -> None:
+    children = build_children(make_ctx(PROD))
+    role = find(children, "Role")
+    binding = find(children, "RoleBinding")
+    sa = find(children, "ServiceAccount")
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["dspark.io"] and rule["resourceNames"] == ["demo"]
+        assert "delete" not in rule["verbs"] and "update" not in rule["verbs"]
+    status_rule = next(r for r in role["rules"] if r["resources"] == ["dsparktrainingjobs/status"])
+    assert "patch" in status_rule["verbs"]
+    spec_rule = next(r for r in role["rules"] if r["resources"] == ["dsparktrainingjobs"])
+    assert spec_rule["verbs"] == ["get"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ns"}]
+
+
+def test_builders_are_deterministic_and_needs_apply() -> None:
+    a = build_children(make_ctx(PROD))
+    b = build_children(make_ctx(PROD))
+    assert a == b
+    sts = find(a, "StatefulSet")
+    assert needs_apply(sts, None)
+    existing = {"metadata": {"annotations": dict(sts["metadata"]["annotations"])}, "spec": {"replicas": 2}}
+    assert not needs_apply(sts, existing)
+    existing["spec"]["replicas"] = 0  # scaled down through /scale, then resumed
+    assert needs_apply(sts, existing)
+    changed = find(build_children(make_ctx({**PROD, "trainer": {**PROD["trainer"], "nodes": 4}})), "StatefulSet")
+    assert (
+        changed["metadata"]["annotations"][ANNOTATION_SPEC_HASH] != sts["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+    )
