@@ -72,41 +72,46 @@ def wait_until_stopped(stop: StopRequest) -> None:
 
 
 def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
-    """Run this rank; returns the process exit code."""
+    """Run this rank; returns the process exit code. Config problems are found before any process
+    group, model or server starts (exit code 2)."""
     import torch
 
     from dspark_trainer.runtime.dist import init_distributed, shutdown_distributed
     from dspark_trainer.runtime.preflight import plan_run
     from dspark_trainer.runtime.trainer import TrainingRun
 
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    setup_logging(rank)
     if exit_on_complete is None:
         exit_on_complete = config.runtime.exit_on_complete or env_flag(EXIT_ENV)
     stop = StopRequest()
-    stop.install()
-    ctx = init_distributed(config.runtime.device, config.runtime.dist_timeout_seconds)
-    setup_logging(ctx.rank)
-    if ctx.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     board = ProgressBoard()
-    board.update(world_size=ctx.world_size)
+    board.update(world_size=world_size)
     metrics = TrainerMetrics()
     server: MetricsServer | None = None
     status: StatusSink | None = None
-    if ctx.is_main:
-        if config.metrics.enabled:
-            server = MetricsServer(metrics.registry, board.as_json, port=config.metrics.port).start()
-            log.info("metrics on :%d (/metrics, /progress)", server.port)
+    if rank == 0:
         status = make_status_sink(config.metrics.status_interval_seconds)
     try:
         marker = read_marker(config.output_dir)
-        if marker is not None:
+        plan = None if marker is not None else plan_run(config, world_size)
+        stop.install()
+        if rank == 0 and config.metrics.enabled:
+            server = MetricsServer(metrics.registry, board.as_json, port=config.metrics.port).start()
+            log.info("metrics on :%d (/metrics, /progress)", server.port)
+        if plan is None:
+            assert marker is not None
             log.info("%s holds a completed run (step %s); not training again", config.output_dir, marker.get("step"))
             board.update(state="Completed", step=int(marker.get("step") or 0), draft_path=config.output_dir,
-                         loss=marker.get("loss"), tau=marker.get("tau"), message="already completed")
+                         samples=int(marker.get("samples") or 0), loss=marker.get("loss"), tau=marker.get("tau"),
+                         message="already completed")
             metrics.completed.set(1)
             outcome = "completed"
         else:
-            plan = plan_run(config, ctx.world_size)
+            ctx = init_distributed(config.runtime.device, config.runtime.dist_timeout_seconds)
+            if ctx.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
+                torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
             source = make_source(config, plan.layer_ids, ctx.device, ctx.rank)
             training = TrainingRun(config, plan, ctx, load_draft_api(), source, board, metrics, stop, status)
             try:
@@ -118,18 +123,18 @@ def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
                     metrics.completed.set(1)
             finally:
                 training.close()
+            shutdown_distributed()
         if status is not None:
             fields = board.status_fields()
             if outcome == "completed":
                 status.completed(str(fields.pop("draft_path", config.output_dir)), **fields)
             else:
                 status.report(fields, force=True)
-        shutdown_distributed()
         if outcome == "completed" and not exit_on_complete:
             wait_until_stopped(stop)
         return 0
     except ConfigError as exc:
-        if ctx.is_main:
+        if rank == 0:
             log.error("%s", exc)
         board.update(state="Failed", message=str(exc)[:4000])
         if status is not None:  # a restart cannot fix a bad config: the operator marks the job Failed
