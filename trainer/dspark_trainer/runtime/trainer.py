@@ -96,7 +96,7 @@ class TrainingRun:
         lr = lr_at(step, self.plan.total_steps, warm, opt.learning_rate, opt.min_learning_rate)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.scheduler._last_lr = [lr for _ in self.optimizer.param_groups]  # type: ignore[attr-defined]
+        self.scheduler._last_lr = [lr for _ in self.optimizer.param_groups]
 
     def _app_state(self) -> dict[str, Any]:
         return {"train": ModelOptimizerState(self.model, self.optimizer)}
