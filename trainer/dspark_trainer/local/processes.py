@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -85,10 +85,10 @@ class ManagedProcess:
 
 
 class ProcessSet:
-    """Processes started by the orchestrator, stopped in reverse start order."""
+    """Processes (and other services) started by the orchestrator, stopped in reverse start order."""
 
     def __init__(self) -> None:
-        self.processes: list[ManagedProcess] = []
+        self._stoppers: list[tuple[str, Callable[[], object]]] = []
 
     def start(
         self,
@@ -100,12 +100,19 @@ class ProcessSet:
         stop_timeout: float = 30.0,
     ) -> ManagedProcess:
         proc = ManagedProcess(name, argv, log_path, env=env, cwd=cwd, stop_timeout=stop_timeout)
-        self.processes.append(proc)
+        self._stoppers.append((name, proc.stop))
         return proc
 
+    def on_stop(self, name: str, stop: Callable[[], object]) -> None:
+        """Register something started elsewhere (e.g. the Mooncake master) to be stopped with the rest."""
+        self._stoppers.append((name, stop))
+
     def stop_all(self) -> None:
-        for proc in reversed(self.processes):
+        while self._stoppers:
+            name, stop = self._stoppers.pop()
             started = time.monotonic()
-            code = proc.stop()
-            log.info("stopped %s (pid %d, exit %s) in %.1fs", proc.name, proc.pid, code, time.monotonic() - started)
-        self.processes.clear()
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the others
+                log.warning("stopping %s failed: %s", name, exc)
+            log.info("stopped %s in %.1fs", name, time.monotonic() - started)

@@ -98,30 +98,22 @@ def start_services(
 def start_mooncake(
     cfg: TrainerConfig, layout: Layout, processes: ProcessSet, say: Callable[[str], None]
 ) -> TransportConfig:
-    from dspark_trainer.testing.mooncake import master_command
+    """A real mooncake_master on free loopback ports (issue 4's helper); returns the transport config."""
+    from dspark_trainer.testing.mooncake import MooncakeMaster
 
-    rpc_port, http_port = free_port(), free_port()
-    argv = master_command(rpc_port=rpc_port, http_metadata_port=http_port)
-    say(f"starting the Mooncake master on 127.0.0.1:{rpc_port}")
-    proc = processes.start("mooncake-master", argv, layout.logs / "mooncake-master.log", env=worker_env(),
-                           cwd=layout.root)
-    wait_until(_port_open(rpc_port), proc, "the Mooncake master", timeout=60)
+    master = MooncakeMaster(log_dir=layout.logs / "mooncake", ready_timeout=60.0)
+    say(f"starting the Mooncake master on {master.address}")
+    processes.on_stop("mooncake-master", master.stop)
+    try:
+        master.start()
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise ServiceError(f"the Mooncake master did not start: {exc}") from None
     return cfg.transport.model_copy(update={
-        "master_address": f"127.0.0.1:{rpc_port}",
-        "metadata_server": f"http://127.0.0.1:{http_port}/metadata",
+        "protocol": "tcp",
+        "master_address": master.address,
+        "metadata_server": "P2PHANDSHAKE",
         "local_hostname": "127.0.0.1",
     })
-
-
-def _port_open(port: int) -> Callable[[], bool]:
-    import socket
-
-    def check() -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1.0)
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    return check
 
 
 def start_capture_server(
