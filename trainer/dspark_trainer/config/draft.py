@@ -13,6 +13,48 @@ from pydantic import Field, model_validator
 
 from dspark_trainer.config.base import ConfigModel
 
+QWEN3_MASK_TOKEN_ID = 151669
+"""Qwen3's mask token id: the first embedding row after its tokenizer's 151669 tokens."""
+
+
+def default_target_layer_ids(num_layers: int, count: int = 5) -> list[int]:
+    """The default target layers: ``count`` ids evenly spaced from 1 to ``num_layers - 3`` (rounded).
+
+    Reproduces the published choices, ``[1, 9, 17, 25, 33]`` for 36 layers and ``[1, 10, 19, 28, 37]``
+    for 40. One layer gives the middle layer. The last target layers are never used.
+    """
+    if count < 1:
+        raise ValueError(f"draft.numTargetLayersCaptured: must be >= 1, got {count}")
+    if count == 1:
+        if num_layers < 2:
+            raise ValueError(f"the target has {num_layers} layers; a draft needs a target with at least 2")
+        return [num_layers // 2]
+    start, end = 1, num_layers - 3
+    if end - start + 1 < count:
+        raise ValueError(
+            f"the target has {num_layers} layers: too few to capture {count} distinct layers between 1 and "
+            f"num_layers-3={end}; lower draft.numTargetLayersCaptured or give draft.targetLayerIds"
+        )
+    span = end - start
+    return [round(start + i * span / (count - 1)) for i in range(count)]
+
+
+def check_target_layer_ids(ids: list[int], num_layers: int) -> None:
+    """Raise ValueError unless ``ids`` are strictly increasing and each in ``[-1, num_layers - 2]``.
+
+    -1 is the embedding output; ``num_layers - 1`` (the last layer) must not be used.
+    """
+    if not ids:
+        raise ValueError("draft.targetLayerIds: must not be empty; omit it to use the default rule")
+    if any(b <= a for a, b in itertools.pairwise(ids)):
+        raise ValueError(f"draft.targetLayerIds: must be strictly increasing, got {ids}")
+    bad = [i for i in ids if i < -1 or i > num_layers - 2]
+    if bad:
+        raise ValueError(
+            f"draft.targetLayerIds: {bad} out of range for a target with {num_layers} layers; ids must be in "
+            f"[-1, {num_layers - 2}] (-1 is the embedding output; the last layer {num_layers - 1} is not used)"
+        )
+
 
 class MarkovHeadType(StrEnum):
     """Kind of low-rank Markov head that adds a previous-token bias to the draft logits."""
@@ -80,6 +122,15 @@ class DraftOptions(ConfigModel):
                 "draft.confidenceAlpha: is > 0 but enableConfidenceHead is false; set confidenceAlpha: 0"
             )
         return self
+
+    def resolve_target_layer_ids(self, num_layers: int) -> list[int]:
+        """The target layers to capture for a target with ``num_layers`` layers (explicit or default), checked."""
+        if self.target_layer_ids is not None:
+            ids = list(self.target_layer_ids)
+        else:
+            ids = default_target_layer_ids(num_layers, self.num_target_layers_captured)
+        check_target_layer_ids(ids, num_layers)
+        return ids
 
     @classmethod
     def dflash(cls) -> DraftOptions:

@@ -1,0 +1,157 @@
+"""The DSpark loss (DSPARK.md, "Loss") and the sum-reducible statistics behind the metrics.
+
+    total = ce_alpha * CE + l1_alpha * L1 + confidence_alpha * Confidence
+    term  = world_size * sum(w * term) / D          (D: the global denominator, see ``weights``)
+
+The ``world_size`` factor undoes the mean the data-parallel gradient reduction takes, so the
+gradient equals that of one process running the whole optimizer step. A term whose weight is 0 is
+not computed and does not need its inputs (CE-only training runs without ``target_last_hidden``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from dspark_trainer.loss.vocab import vocab_terms
+
+TERMS = ("ce", "l1", "confidence")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The alphas of the three terms."""
+
+    ce: float = 0.1
+    l1: float = 0.9
+    confidence: float = 1.0
+
+    @property
+    def needs_target(self) -> bool:
+        return self.l1 > 0 or self.confidence > 0
+
+
+@dataclass
+class LossOutput:
+    """``loss`` to backward; ``terms`` its detached parts (alpha not applied); ``stats`` sum-reducible sums."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def dspark_loss(
+    *,
+    hidden: torch.Tensor,
+    markov_feats: torch.Tensor | None,
+    conf_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    eval_mask: torch.Tensor,
+    block_keep_mask: torch.Tensor,
+    anchors: torch.Tensor,
+    lm_head: torch.Tensor,
+    markov_w2: torch.Tensor | None,
+    target_last_hidden: torch.Tensor | None,
+    alphas: LossWeights,
+    denominator: float | torch.Tensor | None = None,
+    world_size: int = 1,
+    chunk_size: int | None = 1024,
+) -> LossOutput:
+    """Loss and statistics of one micro-batch.
+
+    Shapes: ``hidden [B, A, K, H]``, ``markov_feats [B, A, K, r]``, ``conf_logits [B, A, K]``, ``labels``,
+    ``weights``, ``eval_mask [B, A, K]``, ``anchors``/``block_keep_mask [B, A]``, ``target_last_hidden [B, T, H]``.
+    ``denominator`` is the global ``sum(w)`` of the optimizer step (default: this micro-batch's own).
+    Only positions with ``eval_mask`` are projected onto the vocabulary.
+    """
+    bsz, _, k, hid = hidden.shape
+    if alphas.needs_target and target_last_hidden is None:
+        raise ValueError(
+            "target_last_hidden is required when the L1 or confidence term has a weight > 0 "
+            f"(l1_alpha={alphas.l1}, confidence_alpha={alphas.confidence})"
+        )
+    if alphas.confidence > 0 and conf_logits is None:
+        raise ValueError("confidence_alpha > 0 but the model has no confidence head")
+    flat_sel = eval_mask.reshape(-1).nonzero(as_tuple=False).squeeze(1)
+    h_sel = hidden.reshape(-1, hid).index_select(0, flat_sel)
+    f_sel = None if markov_feats is None else markov_feats.reshape(-1, markov_feats.shape[-1]).index_select(0, flat_sel)
+    y_sel = labels.reshape(-1).index_select(0, flat_sel)
+    w_sel = weights.reshape(-1).index_select(0, flat_sel).float()
+    t_sel = None
+    if target_last_hidden is not None:
+        seq_len = target_last_hidden.shape[1]
+        # the target's distribution for label index a + j + 1 comes from position a + j
+        pos = (anchors.unsqueeze(-1) + torch.arange(k, device=anchors.device)).clamp(max=seq_len - 1)
+        rows = (torch.arange(bsz, device=anchors.device).view(-1, 1, 1) * seq_len + pos).reshape(-1)
+        flat_t = target_last_hidden.reshape(-1, target_last_hidden.shape[-1])
+        t_sel = flat_t.index_select(0, rows.index_select(0, flat_sel))
+    vt = vocab_terms(h_sel, f_sel, lm_head, markov_w2, y_sel, t_sel, chunk_size=chunk_size)
+
+    local_w = w_sel.sum()
+    denom = local_w.detach() if denominator is None else torch.as_tensor(denominator, device=hidden.device)
+    scale = float(world_size) / denom.float()
+
+    sums: dict[str, torch.Tensor] = {"ce": (w_sel * vt.ce).sum()}
+    c_star = None
+    if vt.tv is not None:
+        sums["l1"] = (w_sel * vt.tv).sum()
+        c_star = (1.0 - 0.5 * vt.tv.detach()).clamp(0.0, 1.0)
+    conf_sel = None
+    if conf_logits is not None:
+        conf_sel = conf_logits.reshape(-1).index_select(0, flat_sel).float()
+        if c_star is not None:
+            bce = F.binary_cross_entropy_with_logits(conf_sel, c_star, reduction="none")
+            sums["confidence"] = (w_sel * bce).sum()
+
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    for name, alpha in (("ce", alphas.ce), ("l1", alphas.l1), ("confidence", alphas.confidence)):
+        if alpha > 0:
+            loss = loss + alpha * sums[name]
+    loss = loss * scale
+    terms = {name: (value.detach() * scale) for name, value in sums.items()}
+
+    stats = _stats(sums, local_w, vt.correct, c_star, conf_sel, flat_sel, eval_mask, block_keep_mask)
+    return LossOutput(loss=loss, terms=terms, stats=stats)
+
+
+def _scatter(values: torch.Tensor, flat_sel: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    out = torch.zeros(shape.numel(), dtype=torch.float64, device=values.device)
+    out.index_copy_(0, flat_sel, values.double())
+    return out.view(shape)
+
+
+def _stats(
+    sums: dict[str, torch.Tensor],
+    local_w: torch.Tensor,
+    correct: torch.Tensor,
+    c_star: torch.Tensor | None,
+    conf_sel: torch.Tensor | None,
+    flat_sel: torch.Tensor,
+    eval_mask: torch.Tensor,
+    block_keep_mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Float64 sums; summed over micro-batches and ranks they give every metric (``metrics.summarize``)."""
+    shape = eval_mask.shape
+    em = eval_mask.double()
+    stats: dict[str, torch.Tensor] = {
+        "weight_sum": local_w.detach().double(),
+        "positions": em.sum(dim=(0, 1)),
+        "blocks": block_keep_mask.double().sum(),
+        "acc_sum": _scatter(correct, flat_sel, shape).sum(dim=(0, 1)),
+    }
+    for name, value in sums.items():
+        stats[f"{name}_sum"] = value.detach().double()
+    if c_star is not None:
+        cs = _scatter(c_star, flat_sel, shape)
+        stats["accept_sum"] = cs.sum(dim=(0, 1))
+        # tau per valid block: 1 + sum_j prod_{i<=j} c*_i (c* is 0 outside eval_mask, a prefix)
+        stats["tau_sum"] = ((1.0 + cs.cumprod(dim=-1).sum(dim=-1)) * block_keep_mask.double()).sum()
+        if conf_sel is not None:
+            sig = _scatter(torch.sigmoid(conf_sel.detach()), flat_sel, shape)
+            stats["conf_abs_sum"] = ((sig - cs).abs() * em).sum()
+            stats["conf_bias_sum"] = ((sig - cs) * em).sum()
+            stats["conf_cum_bias_sum"] = ((sig.cumprod(dim=-1) - cs.cumprod(dim=-1)) * em).sum()
+    return stats

@@ -1,0 +1,146 @@
+"""Public API of the DSpark draft model (documented in docs/model.md).
+
+Training (what the trainer runtime calls)::
+
+    model = build_draft_model(target_dir, options, device=dev)              # frozen embed/lm_head from the target
+    anchors, keep = sample_anchors(loss_mask, model.config.num_anchors, seeds=batch.seeds)
+    d_local = local_denominator(loss_mask, anchors, keep, model.config.block_size, model.config.gamma)
+    d_global = global_denominator([d_local_1, d_local_2, ...], device=dev)   # all micro-batches, all ranks
+    out = model(input_ids, target_hidden, loss_mask, anchors, keep, target_last_hidden,
+                denominator=float(d_global), world_size=world)
+    out.loss.backward();  stats = accumulate_stats(total, out.stats)
+    metrics = summarize(all_reduce_stats(total), model.loss_weights)
+    export_draft(model, "/output/draft")        # FSDP2: export_checkpoint(full_state, model_config, dir)
+
+Inspection of a trained draft::
+
+    model = load_draft("/output/draft")
+    out, metrics = evaluate_batch(model, input_ids, target_hidden, loss_mask, anchors, target_last_hidden=...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dspark_trainer.config.draft import DraftOptions
+from dspark_trainer.loss.dspark_loss import LossWeights
+from dspark_trainer.loss.metrics import DSparkMetrics, summarize
+from dspark_trainer.model.checkpoint import export_checkpoint, import_checkpoint, read_checkpoint_config
+from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config_from_dir
+from dspark_trainer.model.draft import DraftOutput, DSparkDraftModel
+from dspark_trainer.model.masks import AttentionBackend
+from dspark_trainer.model.target_weights import load_vocab_weights
+
+
+def build_draft_model(
+    target_dir: str | Path,
+    options: DraftOptions,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    target_layer_ids: list[int] | None = None,
+    attention_backend: AttentionBackend = "auto",
+    loss_chunk_size: int | None = 1024,
+    config: DSparkModelConfig | None = None,
+) -> DSparkDraftModel:
+    """A new draft for the target in ``target_dir`` (its ``config.json``, ``tokenizer.json`` for the default
+    mask token, and only the embedding and LM head of its safetensors).
+
+    Trainable weights are initialised deterministically from ``seed`` (the same on every rank), then
+    overwritten from ``options.init_from`` (a draft directory) when set. ``embed_tokens`` and ``lm_head``
+    are frozen (``requires_grad`` False). ``target_layer_ids`` overrides the options' rule; ``config``
+    skips resolving altogether.
+    """
+    cfg = config or resolve_model_config_from_dir(target_dir, options, target_layer_ids=target_layer_ids)
+    model = DSparkDraftModel(cfg, attention_backend=attention_backend, loss_chunk_size=loss_chunk_size)
+    model.reset_parameters(seed)
+    embed, head = load_vocab_weights(target_dir, dtype=torch.float32)
+    model.set_vocab_weights(embed, head)
+    if options.init_from:
+        load_trainable_weights(model, options.init_from)
+    model.freeze_vocab()
+    return model.to(device=device, dtype=dtype)
+
+
+def load_trainable_weights(model: DSparkDraftModel, draft_dir: str | Path) -> list[str]:
+    """Copy every trainable weight of the draft in ``draft_dir`` into ``model`` (``draft.initFrom``).
+
+    The directory's architecture must match (same names and shapes); its embedding and LM head are
+    ignored (the model keeps the target's). Returns the names copied.
+    """
+    other_cfg, state = import_checkpoint(draft_dir)
+    own = model.state_dict()
+    names = [n for n in own if n not in ("embed_tokens.weight", "lm_head.weight")]
+    bad = [n for n in names if n not in state or tuple(state[n].shape) != tuple(own[n].shape)]
+    if bad:
+        raise ValueError(
+            f"draft.initFrom {draft_dir}: its weights do not fit this draft (first mismatches: {bad[:5]}); "
+            f"it has {other_cfg.num_draft_layers} layers, markov {other_cfg.markov_head_type}/{other_cfg.markov_rank}"
+        )
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n in names:
+            params[n].copy_(state[n])
+    return names
+
+
+def load_draft(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    attention_backend: AttentionBackend = "auto",
+    loss_chunk_size: int | None = 1024,
+) -> DSparkDraftModel:
+    """A draft from a DSpark checkpoint directory, in the stored dtype (bit-identical weights) unless ``dtype``."""
+    cfg, state = import_checkpoint(path)
+    model = DSparkDraftModel(cfg, attention_backend=attention_backend, loss_chunk_size=loss_chunk_size)
+    stored = {t.dtype for t in state.values()}
+    if len(stored) == 1:
+        model.to(next(iter(stored)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dtype != state[name].dtype:
+                param.data = state[name].clone()
+            else:
+                param.copy_(state[name])
+    model.freeze_vocab()
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
+
+
+def export_draft(model: DSparkDraftModel, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` as a DSpark checkpoint directory (unsharded models; with FSDP2 gather a full state
+    dict and call ``export_checkpoint(state, model_config, out_dir)``)."""
+    return export_checkpoint(model.state_dict(), model.config, out_dir, dtype=dtype)
+
+
+def evaluate_batch(
+    model: DSparkDraftModel,
+    input_ids: torch.Tensor,
+    target_hidden: torch.Tensor,
+    loss_mask: torch.Tensor,
+    anchors: torch.Tensor,
+    block_keep_mask: torch.Tensor | None = None,
+    target_last_hidden: torch.Tensor | None = None,
+    *,
+    return_logits: bool = False,
+) -> tuple[DraftOutput, DSparkMetrics]:
+    """Outputs, loss and metrics of one batch with explicit anchors (no gradient; ``model.eval()`` not needed:
+    the draft has no dropout). Without ``target_last_hidden``, the L1/confidence terms are skipped."""
+    weights = model.loss_weights
+    if target_last_hidden is None:
+        weights = LossWeights(ce=weights.ce, l1=0.0, confidence=0.0)
+    with torch.no_grad():
+        out = model(
+            input_ids, target_hidden, loss_mask, anchors, block_keep_mask, target_last_hidden,
+            return_logits=return_logits, alphas=weights,
+        )
+    return out, summarize(out.stats, weights)
+
+
+def draft_config_of(path: str | Path) -> DSparkModelConfig:
+    """The configuration of a draft directory without reading its weights."""
+    return read_checkpoint_config(path)
