@@ -147,8 +147,8 @@ RULES: dict[Path_, list[dict[str, str]]] = {
     ],
     ("spec", "inference"): [
         {
-            "rule": "!has(self.gpus) || self.gpus >= self.tensorParallelSize",
-            "message": "inference.gpus must be >= inference.tensorParallelSize",
+            "rule": "!has(self.gpus) || self.gpus == 0 || self.gpus >= self.tensorParallelSize",
+            "message": "inference.gpus must be 0 (CPU) or >= inference.tensorParallelSize",
             "fieldPath": ".gpus",
         }
     ],

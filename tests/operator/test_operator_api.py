@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,10 @@ def test_unreadable_status_is_dropped_not_fatal() -> None:
     assert job.status.restarts == 0 and job.status.conditions == []
     assert job.status.progress is not None and job.status.progress.step == 3
     assert DSparkTrainingJobStatus.model_validate({"phase": "Running", "future": 1}).phase == "Running"
+
+
+def test_operator_cli_help() -> None:
+    from dspark_operator.devtools import operator_command
+
+    out = subprocess.run([*operator_command(), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--namespace" in out and "--metrics-port" in out

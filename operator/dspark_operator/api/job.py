@@ -112,6 +112,11 @@ def check_semantics(name: str, spec: DSparkTrainingJobSpec) -> InvalidSpec | Non
             f"{tr.schedule.global_batch_size} is not a multiple of nodes x max(gpusPerNode, 1) x microBatchSize "
             f"= {tr.nodes} x {max(tr.gpus_per_node, 1)} x {tr.schedule.micro_batch_size} = {per_step}",
         )
+    inf = spec.inference
+    if inf.gpus is not None and 0 < inf.gpus < inf.tensor_parallel_size:
+        return InvalidSpec(
+            "spec.inference.gpus", f"{inf.gpus} is less than tensorParallelSize={inf.tensor_parallel_size}"
+        )
     for i, arg in enumerate(spec.inference.extra_args):
         flag = arg.split("=", 1)[0]
         if flag in RESERVED_INFERENCE_FLAGS:

@@ -1,0 +1,95 @@
+"""Helpers of the operator's integration tests (the cluster, the operator process, polling)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dspark_operator.devtools import OperatorProcess
+from dspark_trainer.testing.cluster import LocalCluster, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class OperatorEnv:
+    """The cluster, the operator process and helpers used by the tests."""
+
+    def __init__(self, cluster: LocalCluster, operator: OperatorProcess) -> None:
+        self.cluster = cluster
+        self.operator = operator
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> Any:
+        return self.cluster.kubectl(*args, input=input, check=check)
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        status, body = self.cluster.api("GET", path)
+        if status == 404:
+            return None
+        assert status == 200, (status, body)
+        return dict(body)
+
+    def job(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.get(f"/apis/dspark.io/v1alpha1/namespaces/{ns}/dsparktrainingjobs/{name}")
+
+    def phase(self, ns: str, name: str) -> str | None:
+        job = self.job(ns, name)
+        return ((job or {}).get("status") or {}).get("phase")
+
+    def condition(self, ns: str, name: str, ctype: str) -> dict[str, Any] | None:
+        job = self.job(ns, name) or {}
+        for c in (job.get("status") or {}).get("conditions") or []:
+            if c["type"] == ctype:
+                return dict(c)
+        return None
+
+    def list(self, ns: str, api: str, plural: str, selector: str) -> list[dict[str, Any]]:
+        prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
+        body = self.get(f"{prefix}/namespaces/{ns}/{plural}?labelSelector={selector}") or {}
+        return list(body.get("items") or [])
+
+    def children(self, ns: str, name: str) -> dict[str, dict[str, Any]]:
+        """Every child of a job by 'Kind/name'."""
+        sel = f"app.kubernetes.io/instance={name}"
+        out: dict[str, dict[str, Any]] = {}
+        for api, plural, kind in (
+            ("v1", "serviceaccounts", "ServiceAccount"),
+            ("v1", "configmaps", "ConfigMap"),
+            ("v1", "services", "Service"),
+            ("apps/v1", "deployments", "Deployment"),
+            ("apps/v1", "statefulsets", "StatefulSet"),
+            ("rbac.authorization.k8s.io/v1", "roles", "Role"),
+            ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+        ):
+            for obj in self.list(ns, api, plural, sel):
+                out[f"{kind}/{obj['metadata']['name']}"] = obj
+        return out
+
+    def pods(self, ns: str, name: str, component: str | None = None) -> list[dict[str, Any]]:
+        sel = f"app.kubernetes.io/instance={name}"
+        if component:
+            sel += f",app.kubernetes.io/component={component}"
+        return self.list(ns, "v1", "pods", sel)
+
+    def wait(self, predicate: Any, *, timeout: float = 60, what: str) -> Any:
+        def on_timeout() -> str:
+            return f"operator log:\n{self.operator.log_tail()}\n{self.cluster.logs(10)}"
+
+        return wait_until(predicate, timeout=timeout, what=what, interval=0.2, on_timeout=on_timeout)
+
+    def wait_phase(self, ns: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+        self.wait(lambda: self.phase(ns, name) == phase, timeout=timeout, what=f"{ns}/{name} to be {phase}")
+        job = self.job(ns, name)
+        assert job is not None
+        return job
+
+    def apply(self, ns: str, manifest: dict[str, Any] | str) -> None:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        self.kubectl("apply", "-n", ns, "-f", "-", input=text)
+
+    def merge_patch(self, ns: str, name: str, patch: dict[str, Any]) -> None:
+        self.kubectl("patch", "-n", ns, "dsj", name, "--type=merge", "-p", json.dumps(patch))
+
+    def wait_reconciled(self, before: float, timeout: float = 30) -> None:
+        """Wait until the operator finished at least one more reconciliation than `before`."""
+        self.wait(lambda: self.operator.reconciles() > before, timeout=timeout, what="another reconciliation")
