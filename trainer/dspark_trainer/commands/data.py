@@ -1,17 +1,122 @@
-"""`dspark data`: not implemented yet (see the open issues)."""
+"""`dspark data`: prepare training data.
+
+``dspark data regenerate --input prompts.jsonl --output out/ --endpoint URL [--endpoint URL2 ...]`` regenerates
+every assistant turn with the target model through OpenAI-compatible chat endpoints (SGLang, or the reference
+capture server), with the published recipe's sampling by default (temperature 0.7, top_p 0.8, top_k 20, thinking
+disabled). Runs on local Ray by default (or ``--ray-address``); resumable (rerun the same command). See
+docs/data.md. Heavy imports (Ray) happen only when the command runs."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No arguments until the command exists."""
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    """``dspark data <action>``; the only action so far is ``regenerate``."""
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = sub.add_parser(
+        "regenerate", help="regenerate assistant turns with the target through chat endpoints",
+        description=(__doc__ or "").split("\n\n", 1)[1] if __doc__ else None,
+    )
+    io = p.add_argument_group("input and output")
+    io.add_argument("--input", required=True,
+                    help="messages jsonl: a file, a directory of *.jsonl, or a glob of shards (quote it)")
+    io.add_argument("--output", required=True, type=Path, help="output directory (sharded jsonl; rerun to resume)")
+    io.add_argument("--shard-size", type=int, default=1000,
+                    help="samples per output shard; fixed for an output directory (default 1000)")
+    ep = p.add_argument_group("endpoints")
+    ep.add_argument("--endpoint", action="append", required=True, metavar="URL",
+                    help="OpenAI-compatible server base URL (http://host:port or .../v1); repeat for several")
+    ep.add_argument("--model", default=None, help="model name in requests (default: the first of /v1/models)")
+    ep.add_argument("--concurrency-per-endpoint", type=int, default=32,
+                    help="requests in flight per endpoint, whole run (default 32)")
+    ep.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    ep.add_argument("--wait-endpoints", type=float, default=300.0,
+                    help="seconds to wait for the endpoints' /v1/models at start (default 300)")
+    ep.add_argument("--max-retries", type=int, default=5, help="retries of a failed request (default 5)")
+    ep.add_argument("--backoff", type=float, default=1.0, help="first back-off in seconds, doubled per retry")
+    ep.add_argument("--backoff-max", type=float, default=30.0, help="longest back-off in seconds (default 30)")
+    sp = p.add_argument_group("sampling (defaults: the published recipe)")
+    sp.add_argument("--temperature", type=float, default=0.7)
+    sp.add_argument("--top-p", type=float, default=0.8)
+    sp.add_argument("--top-k", type=int, default=20)
+    sp.add_argument("--max-tokens", type=int, default=2048, help="tokens per generated turn (default 2048)")
+    sp.add_argument("--enable-thinking", action="store_true", help="let the model think (default: disabled)")
+    sp.add_argument("--seed", type=int, default=None, help="derive a per-request seed (reproducible reruns)")
+    sp.add_argument("--extra-body", default=None, metavar="JSON",
+                    help="JSON object merged into every request (e.g. '{\"min_p\": 0.0}')")
+    sp.add_argument("--reject-truncated", action="store_true",
+                    help="reject a sample when a turn hits --max-tokens (default: keep it)")
+    rp = p.add_argument_group("execution")
+    rp.add_argument("--engine", choices=("ray", "asyncio"), default="ray",
+                    help="ray (default; Ray Data) or asyncio (one process, no Ray)")
+    rp.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start local Ray)")
+    rp.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: the machine's)")
+    rp.add_argument("--object-store-memory", type=int, default=None, help="bytes for local Ray's object store")
+    rp.add_argument("--workers", type=int, default=2, help="shards regenerated at a time (default 2)")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from dspark_trainer.regenerate.options import RetryPolicy, RunOptions, SamplingParams
+
+    extra: dict[str, Any] = {}
+    if args.extra_body:
+        extra = json.loads(args.extra_body)
+        if not isinstance(extra, dict):
+            raise ValueError("--extra-body must be a JSON object")
+    sampling = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens,
+        enable_thinking=args.enable_thinking, seed=args.seed, extra_body=extra,
+    )
+    retry = RetryPolicy(max_retries=args.max_retries, backoff_base_s=args.backoff, backoff_max_s=args.backoff_max)
+    return RunOptions(
+        input=args.input, output=args.output, endpoints=tuple(args.endpoint), sampling=sampling, retry=retry,
+        model=args.model, shard_size=args.shard_size, workers=args.workers,
+        concurrency_per_endpoint=args.concurrency_per_endpoint, request_timeout_s=args.request_timeout,
+        wait_endpoints_s=args.wait_endpoints, reject_truncated=args.reject_truncated, ray_address=args.ray_address,
+        num_cpus=args.num_cpus, object_store_memory=args.object_store_memory, progress=not args.no_progress,
+    )
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Explain that the command is not there yet and fail."""
-    print("dspark data: this command is not built yet; see the project's open issues.", file=sys.stderr)
-    return 2
+    """Run ``dspark data <action>``; exit 0 when every shard is written (rejects included), 1 otherwise."""
+    from dspark_trainer.data.records import DatasetError
+    from dspark_trainer.regenerate.output import OutputMismatchError
+
+    try:
+        opts = _options(args)
+    except (ValueError, json.JSONDecodeError) as exc:
+        print(f"dspark data regenerate: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a pod's SIGTERM: shut Ray down, keep the committed shards
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        if args.engine == "asyncio":
+            from dspark_trainer.regenerate.local import run_asyncio
+
+            summary = run_asyncio(opts, log)
+        else:
+            from dspark_trainer.regenerate.pipeline import run_ray
+
+            summary = run_ray(opts, log)
+    except (DatasetError, OutputMismatchError, TimeoutError) as exc:
+        print(f"dspark data regenerate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dspark data regenerate: interrupted; committed shards are kept, rerun to resume", file=sys.stderr)
+        return 130
+    return 0 if summary["total"]["complete"] else 1
