@@ -46,6 +46,10 @@ class RunState:
     def done_samples(self) -> int:
         return sum(int(st.get("samples", 0)) for st in self.done.values())
 
+    def close(self) -> None:
+        """Release the output directory's run lock."""
+        self.out.unlock()
+
     def commit(self, result: ShardResult) -> bool:
         """Commit one shard's result (once); returns False for a duplicate delivery of a committed shard."""
         if result.shard in self.done:
@@ -86,15 +90,20 @@ def prepare(opts: RunOptions, log: Log) -> RunState:
     if others:
         log(f"warning: model {model!r} is not listed by {sorted(others)} (they list {others})")
     out = OutputDir(opts.output)
-    out.check_manifest({
-        "plan": plan.fingerprint(), "sampling": opts.sampling.to_record(), "model": model, "endpoints": endpoints,
-        "created_at": datetime.now(UTC).isoformat(),
-    })
-    done: dict[int, dict[str, Any]] = {}
-    for spec in plan.shards:
-        state = out.committed(spec.shard)
-        if state is not None:
-            done[spec.shard] = state
+    out.lock()  # the caller unlocks (RunState.close)
+    try:
+        out.check_manifest({
+            "plan": plan.fingerprint(), "sampling": opts.sampling.to_record(), "model": model,
+            "endpoints": endpoints, "created_at": datetime.now(UTC).isoformat(),
+        })
+        done: dict[int, dict[str, Any]] = {}
+        for spec in plan.shards:
+            state = out.committed(spec.shard)
+            if state is not None:
+                done[spec.shard] = state
+    except BaseException:
+        out.unlock()
+        raise
     pending = [s for s in plan.shards if s.shard not in done]
     if done:
         log(f"resume: {len(done)} shard(s) already written, {len(pending)} to do")

@@ -60,6 +60,9 @@ async def _run(state: RunState, progress: bool) -> None:
 def run_asyncio(opts: RunOptions, log: Log = print) -> dict[str, Any]:
     """Run the regeneration with plain asyncio; returns the summary (also written to ``summary.json``)."""
     state = prepare(opts, log)
-    if state.pending:
-        asyncio.run(_run(state, opts.progress))
-    return finish(state, "asyncio", log)
+    try:
+        if state.pending:
+            asyncio.run(_run(state, opts.progress))
+        return finish(state, "asyncio", log)
+    finally:
+        state.close()

@@ -15,6 +15,7 @@ killed run leaves no partial shard behind and no sample is ever written twice.""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ MANIFEST_VERSION = 1
 
 
 class OutputMismatchError(RuntimeError):
-    """The output directory was written from other inputs or settings."""
+    """The output directory was written from other inputs or settings, or another run is writing it."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -73,6 +74,7 @@ class OutputDir:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._lock_fd: int | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -90,6 +92,26 @@ class OutputDir:
 
     def state_path(self, shard: int) -> Path:
         return self.root / "_state" / f"part-{shard:05d}.json"
+
+    def lock(self) -> None:
+        """Take the directory's run lock (released when the process ends, even when killed), then remove temporary
+        files a killed run left behind. Two runs never write one output directory at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputMismatchError(f"another run is writing {self.root} (it holds {self.root / '.lock'})") from None
+        self._lock_fd = fd
+        for folder in (self.root, self.root / "rejects", self.root / "_state"):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def check_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest on the first run; on a rerun, refuse other inputs, shard size or sampling."""

@@ -160,6 +160,15 @@ class ProgressBar:
         self.bar.close()
 
 
+def _quiet_ray_data_console() -> None:
+    """Ray Data logs every execution at INFO on the console; keep its session log file, show only warnings."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.WARNING)
+
+
 def init_ray(opts: RunOptions) -> bool:
     """Start local Ray (the machine's CPUs, or ``num_cpus``) or join ``ray_address``; True if we must shut down."""
     if ray.is_initialized():
@@ -176,20 +185,28 @@ def init_ray(opts: RunOptions) -> bool:
 def run_ray(opts: RunOptions, log: Log = print) -> dict[str, Any]:
     """Run the regeneration with Ray Data; returns the summary (also written to ``summary.json``)."""
     state = prepare(opts, log)
-    if not state.pending:
-        return finish(state, "ray", log)
-    owns_ray = init_ray(opts)
-    gateways: list[Any] = []
     try:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        if state.pending:
+            _execute(state, opts)
+        return finish(state, "ray", log)
+    finally:
+        state.close()
+
+
+def _execute(state: RunState, opts: RunOptions) -> None:
+    owns_ray = init_ray(opts)
+    actors: list[Any] = []
+    try:
+        _quiet_ray_data_console()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        gateways = [
+        gateways: list[Any] = [
             GatewayActor.options(max_concurrency=max(1000, 4 * opts.concurrency_per_endpoint)).remote(
                 ep, opts.concurrency_per_endpoint, opts.request_timeout_s)
             for ep in state.endpoints
         ]
         tracker = TrackerActor.remote()
+        actors = [*gateways, tracker]
         items = [{"spec": spec.to_json()} for spec in state.pending]
         ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
@@ -214,6 +231,5 @@ def run_ray(opts: RunOptions, log: Log = print) -> dict[str, Any]:
         if owns_ray:
             ray.shutdown()
         else:
-            for g in gateways:
-                ray.kill(g)
-    return finish(state, "ray", log)
+            for actor in actors:
+                ray.kill(actor)
