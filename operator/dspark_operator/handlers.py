@@ -128,6 +128,7 @@ class JobWorkers:
                 wake.clear()
                 async with self._limit:
                     outcome = await self.reconciler.reconcile(namespace, name)
+                last = asyncio.get_running_loop().time()
                 worker = self._workers.get(key)
                 if worker is not None and outcome.status_resource_version:
                     worker.written_rv = outcome.status_resource_version
@@ -138,6 +139,10 @@ class JobWorkers:
                     delay = max(0.5, min(delay, outcome.requeue_after))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=delay)
+                # Rate limit: events in a burst (pods, workloads, our own writes) coalesce into one pass.
+                spacing = self.settings.min_reconcile_interval - (asyncio.get_running_loop().time() - last)
+                if spacing > 0:
+                    await asyncio.sleep(spacing)
                 wake.set()
         finally:
             current = self._workers.get(key)

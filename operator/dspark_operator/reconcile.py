@@ -65,6 +65,7 @@ OPERATOR_STATUS_KEYS = (
 )
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "StatefulSet")
 FIRST_WAVE = frozenset({"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"})
+DRY_RUN_KINDS = frozenset({"Deployment", "StatefulSet", "PodMonitor"})
 PODMONITOR_RECHECK_SECONDS = 300.0
 MIN_ERROR_BACKOFF = 5.0
 MAX_ERROR_BACKOFF = 300.0
@@ -232,7 +233,14 @@ class Reconciler:
             return ReconcileOutcome(result="gone", requeue_after=None)
         job = parse_job(body)
         terminal_hint = (job.status.phase or "") in ("Succeeded", "Failed") or job.invalid is not None
-        existing, observed = await self.observe(job, workloads_only=terminal_hint)
+        if not job.raw_status and job.invalid is None:
+            # Never reconciled: nothing of ours can be trusted to exist, and applying is idempotent
+            # (children left by an operator that died before writing the status are re-applied as no-ops).
+            await self.podmonitor_available()
+            existing: dict[tuple[str, str], dict[str, Any]] = {}
+            observed = Observed()
+        else:
+            existing, observed = await self.observe(job, workloads_only=terminal_hint)
         now = self.clock()
         policy = best_effort_run_policy(body) if job.spec is None else None
         decision = decide(job, observed, now, run_policy=policy)
@@ -328,9 +336,11 @@ class Reconciler:
         todo = [m for m in manifests if needs_apply(m, existing.get((m["kind"], m["metadata"]["name"])))]
         created = job.status.condition("Created")
         first_time = created is None or created.observed_generation != job.generation
-        if todo and first_time:
-            # Let the API server validate everything before creating anything (dry run).
-            await self._gather_apply(todo, dry_run=True)
+        checked = [m for m in todo if m["kind"] in DRY_RUN_KINDS]
+        if checked and first_time:
+            # Let the API server validate what user input reaches (pod templates, PodMonitor) before
+            # creating anything; the rest is built from already validated names only.
+            await self._gather_apply(checked, dry_run=True)
         first = [m for m in todo if m["kind"] in FIRST_WAVE]
         second = [m for m in todo if m["kind"] not in FIRST_WAVE]
         await self._gather_apply(first, dry_run=False)

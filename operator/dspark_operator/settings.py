@@ -28,6 +28,7 @@ class Settings:
     inference_image: str = DEFAULT_INFERENCE_IMAGE
     resync_seconds: float = 60.0  # periodic check of every job, besides the event-driven ones
     max_concurrent_reconciles: int = 8
+    min_reconcile_interval: float = 1.0  # seconds between two reconciliations of one job
     api_workers: int = 16  # threads for blocking REST calls
     metrics_port: int = 8000  # 0 disables the metrics server
     liveness_port: int = 8080  # 0 disables the liveness endpoint
@@ -46,6 +47,7 @@ class Settings:
             inference_image=env.get("DSPARK_INFERENCE_IMAGE") or DEFAULT_INFERENCE_IMAGE,
             resync_seconds=_env_float(env, "DSPARK_OPERATOR_RESYNC_SECONDS", 60.0),
             max_concurrent_reconciles=_env_int(env, "DSPARK_OPERATOR_MAX_CONCURRENT_RECONCILES", 8),
+            min_reconcile_interval=_env_float(env, "DSPARK_OPERATOR_MIN_RECONCILE_INTERVAL", 1.0),
             api_workers=_env_int(env, "DSPARK_OPERATOR_API_WORKERS", 16),
             metrics_port=_env_int(env, "DSPARK_OPERATOR_METRICS_PORT", 8000),
             liveness_port=_env_int(env, "DSPARK_OPERATOR_LIVENESS_PORT", 8080),

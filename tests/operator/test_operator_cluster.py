@@ -295,6 +295,26 @@ def test_completion_succeeds_scales_down_and_stays_terminal(dsj_env: OperatorEnv
     assert set(workload_replicas(env, ns, "done").values()) == {0}
 
 
+def test_active_deadline_fails_the_job(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
+    env, ns = dsj_env, k8s_namespace
+    env.apply(ns, small_job("late", runPolicy={"activeDeadlineSeconds": 3}))
+    job = env.wait_phase(ns, "late", "Failed", timeout=60)
+    failed = env.condition(ns, "late", "Failed")
+    assert failed is not None and failed["reason"] == "DeadlineExceeded"
+    assert job["status"]["completionTime"]
+    env.wait(lambda: set(workload_replicas(env, ns, "late").values()) == {0}, what="children scaled down")
+
+
+def test_ttl_after_finished_deletes_the_job_and_its_children(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
+    env, ns = dsj_env, k8s_namespace
+    env.apply(ns, small_job("ttl", runPolicy={"ttlSecondsAfterFinished": 2}))
+    env.wait_phase(ns, "ttl", "Running")
+    assert reporter_for(env, ns, "ttl").completed("/output/draft")
+    env.wait_phase(ns, "ttl", "Succeeded")
+    env.wait(lambda: env.job(ns, "ttl") is None, timeout=60, what="the job to be deleted after its TTL")
+    env.wait(lambda: not env.children(ns, "ttl"), timeout=90, what="its children to be garbage-collected")
+
+
 def test_suspend_checkpoints_then_scales_to_zero_and_resume_scales_back(
     dsj_env: OperatorEnv, k8s_namespace: str
 ) -> None:

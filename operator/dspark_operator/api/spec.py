@@ -160,7 +160,10 @@ class InferenceSpec(ConfigModel):
     replicas: int = Field(1, ge=1, le=1024, description="Number of SGLang servers (each one serves the whole target).")
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="Tensor-parallel size of each server (--tp-size).")
     gpus: int | None = Field(
-        None, ge=0, le=64, description="GPUs per server. Default: tensorParallelSize. 0 (CPU, testing only) or >= tensorParallelSize."
+        None,
+        ge=0,
+        le=64,
+        description="GPUs per server. Default: tensorParallelSize. 0 (CPU, testing only) or >= tensorParallelSize.",
     )
     port: int = Field(30000, ge=1, le=65535, description="HTTP port of the servers.")
     resources: ResourceRequirements = Field(

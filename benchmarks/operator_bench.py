@@ -1,0 +1,224 @@
+"""Operator benchmark (not a test): time from `kubectl apply` to all children created, and memory.
+
+Starts the local test control plane (etcd, kube-apiserver, controller manager, scheduler, kwok) and
+`dspark-operator` as a subprocess, then measures, for one job applied alone (repeated) and for 50
+jobs applied in one `kubectl apply`:
+- apply -> all 10 children exist (p50, p95, max),
+- apply -> phase Running (p50, p95, max; kwok makes pods Running at once),
+and the operator's resident memory (idle, after the 50 jobs, and its peak).
+
+    .venv/bin/python benchmarks/operator_bench.py [--single 20] [--many 50] [--json out.json]
+
+Children are polled every ~20 ms through the API (the resolution is printed with the results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dspark_operator.devtools import OperatorProcess
+from dspark_trainer.testing.cluster import LocalCluster, NodeSpec
+
+REPO = Path(__file__).resolve().parents[1]
+CRD = REPO / "crds" / "dsparktrainingjobs.dspark.io.yaml"
+API = "/apis/dspark.io/v1alpha1"
+CHILD_LISTS = (
+    ("/api/v1", "serviceaccounts"),
+    ("/api/v1", "configmaps"),
+    ("/api/v1", "services"),
+    ("/apis/apps/v1", "deployments"),
+    ("/apis/apps/v1", "statefulsets"),
+    ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+)
+CHILDREN_PER_JOB = 10
+SMALL = {"requests": {"cpu": "10m", "memory": "16Mi"}}
+
+
+def job(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "dspark.io/v1alpha1",
+        "kind": "DSparkTrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "target": {"model": "Qwen/Qwen3-0.6B"},
+            "dataset": {"path": "builtin:demo-conversations"},
+            "inference": {"gpus": 0, "resources": SMALL},
+            "trainer": {"nodes": 1, "gpusPerNode": 0, "resources": SMALL, "schedule": {"globalBatchSize": 8}},
+            "transport": {"protocol": "tcp", "masterResources": SMALL},
+        },
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_s": round(pct(values, 0.5), 3),
+        "p95_s": round(pct(values, 0.95), 3),
+        "max_s": round(max(values), 3),
+        "mean_s": round(statistics.fmean(values), 3),
+    }
+
+
+class Bench:
+    def __init__(self, cluster: LocalCluster, operator: OperatorProcess) -> None:
+        self.cluster = cluster
+        self.operator = operator
+        self.poll_seconds: list[float] = []
+
+    def child_counts(self, ns: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        t = time.monotonic()
+        for prefix, plural in CHILD_LISTS:
+            status, body = self.cluster.api(
+                "GET", f"{prefix}/namespaces/{ns}/{plural}?labelSelector=app.kubernetes.io/managed-by=dspark-operator"
+            )
+            assert status == 200, body
+            for item in body["items"]:
+                inst = item["metadata"]["labels"]["app.kubernetes.io/instance"]
+                counts[inst] = counts.get(inst, 0) + 1
+        self.poll_seconds.append(time.monotonic() - t)
+        return counts
+
+    def phases(self, ns: str) -> dict[str, str | None]:
+        status, body = self.cluster.api("GET", f"{API}/namespaces/{ns}/dsparktrainingjobs")
+        assert status == 200, body
+        return {i["metadata"]["name"]: (i.get("status") or {}).get("phase") for i in body["items"]}
+
+    def run_round(self, ns: str, names: list[str], timeout: float = 600) -> tuple[list[float], list[float]]:
+        """Apply the jobs in one kubectl apply; return per-job seconds to children created and to Running."""
+        text = "\n---\n".join(json.dumps(job(n)) for n in names)
+        t0 = time.monotonic()
+        self.cluster.kubectl("apply", "-n", ns, "-f", "-", input=text)
+        created: dict[str, float] = {}
+        running: dict[str, float] = {}
+        deadline = t0 + timeout
+        while len(running) < len(names):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(created)} created / {len(running)} running of {len(names)}")
+            counts = self.child_counts(ns)
+            now = time.monotonic()
+            for n in names:
+                if n not in created and counts.get(n, 0) >= CHILDREN_PER_JOB:
+                    created[n] = now - t0
+            if len(created) == len(names):
+                now_phases = self.phases(ns)
+                now = time.monotonic()
+                for n in names:
+                    if n not in running and now_phases.get(n) == "Running":
+                        running[n] = now - t0
+            time.sleep(0.02)
+        return [created[n] for n in names], [running[n] for n in names]
+
+    def cleanup(self, ns: str) -> None:
+        self.cluster.kubectl("delete", "dsj", "--all", "-n", ns, "--wait=false")
+        self.cluster.wait_until(
+            lambda: not self.child_counts(ns) and not self.phases(ns), timeout=300, what=f"{ns} to be empty"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--single", type=int, default=20, help="repetitions of the one-job round")
+    parser.add_argument("--many", type=int, default=50, help="jobs in the concurrent round")
+    parser.add_argument("--many-rounds", type=int, default=2, help="repetitions of the concurrent round")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="dspark-op-bench-") as tmp:
+        nodes = (
+            NodeSpec("kwok-cpu-0", pods=250),
+            NodeSpec("kwok-cpu-1", pods=250),
+            NodeSpec("kwok-gpu-0", gpus=8, rdma=8),
+        )
+        cluster = LocalCluster(Path(tmp) / "cluster", nodes=nodes)
+        cluster.start()
+        try:
+            cluster.kubectl("apply", "-f", str(CRD))
+            cluster.wait_until(
+                lambda: any(
+                    c["type"] == "Established" and c["status"] == "True"
+                    for c in cluster.api(
+                        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/dsparktrainingjobs.dspark.io"
+                    )[1]
+                    .get("status", {})
+                    .get("conditions", [])
+                ),
+                timeout=60,
+                what="the CRD to be established",
+            )
+            operator = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log")
+            operator.start()
+            bench = Bench(cluster, operator)
+            try:
+                time.sleep(2.0)  # let the operator finish its start-up before measuring memory
+                rss_idle = operator.rss_bytes()
+                ns = cluster.create_namespace("bench-single")
+                single_created: list[float] = []
+                single_running: list[float] = []
+                for i in range(args.single):
+                    c, r = bench.run_round(ns, [f"one-{i:03d}"])
+                    single_created += c
+                    single_running += r
+                rss_single = operator.rss_bytes()
+                bench.cleanup(ns)
+                many_created: list[float] = []
+                many_running: list[float] = []
+                rss_many = 0
+                for r_ in range(args.many_rounds):
+                    ns = cluster.create_namespace(f"bench-many-{r_}")
+                    c, r = bench.run_round(ns, [f"many-{i:03d}" for i in range(args.many)])
+                    many_created += c
+                    many_running += r
+                    rss_many = max(rss_many, operator.rss_bytes())
+                    bench.cleanup(ns)
+                with open(f"/proc/{operator.proc.pid}/status") as f:  # type: ignore[union-attr]
+                    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+                metrics = operator.metrics()
+            finally:
+                operator.stop()
+        finally:
+            cluster.stop()
+
+    mib = 1024 * 1024
+    results = {
+        "single_job": {"children_created": summary(single_created), "running": summary(single_running)},
+        f"{args.many}_jobs_at_once": {"children_created": summary(many_created), "running": summary(many_running)},
+        "operator_rss_mib": {
+            "idle": round(rss_idle / mib, 1),
+            "after_single_rounds": round(rss_single / mib, 1),
+            f"with_{args.many}_jobs": round(rss_many / mib, 1),
+            "peak": round(peak / mib, 1),
+        },
+        "poll_resolution_s": round(statistics.fmean(bench.poll_seconds) + 0.02, 3),
+        "reconciles": {k: v for k, v in metrics.items() if k.startswith("dspark_operator_reconcile_total")},
+        "reconcile_seconds_mean": round(
+            metrics.get("dspark_operator_reconcile_seconds_sum", 0)
+            / max(1.0, metrics.get("dspark_operator_reconcile_seconds_count", 1)),
+            4,
+        ),
+    }
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
