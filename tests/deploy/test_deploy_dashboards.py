@@ -1,0 +1,123 @@
+"""Dashboards and alert rules, offline: PromQL syntax (promtool), `promtool test rules`, and every
+metric name used is one that something we run really exports: the project's own exporters
+(trainer, capture server, operator), SGLang at the version pinned in the `serving` extra (from its
+source), and the real `mooncake_master`."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_helpers import (
+    ALERTS_TEST,
+    DASHBOARDS,
+    RULES_FILE,
+    dashboard_queries,
+    metric_names,
+    project_metric_names,
+    rule_exprs,
+    run,
+    sglang_metric_kinds,
+    sglang_metric_names,
+    substitute,
+    variable_queries,
+)
+from dspark_trainer.testing.prometheus import PROMTOOL, find_binary
+
+
+def promtool() -> str:
+    path = find_binary(PROMTOOL)
+    if path is None:
+        pytest.skip("promtool not found: run scripts/install-system-deps.sh (Debian's prometheus package)")
+    return path
+
+
+def all_exprs() -> list[tuple[str, str]]:
+    out = [(q.where, substitute(q.expr)) for path in DASHBOARDS for q in dashboard_queries(path)]
+    out += [(f"rule {name}", expr) for name, expr in rule_exprs()]
+    return out
+
+
+def used_names() -> dict[str, set[str]]:
+    """Metric name -> where it is used."""
+    used: dict[str, set[str]] = {}
+    for where, expr in all_exprs():
+        for name in metric_names(expr):
+            used.setdefault(name, set()).add(where)
+    for path in DASHBOARDS:
+        for var, query in variable_queries(path):
+            for name in metric_names(query.replace("label_values", "")):
+                if name not in {"namespace", "dspark_job"}:
+                    used.setdefault(name, set()).add(f"{path.stem}: variable {var}")
+    return used
+
+
+def test_metric_name_extraction() -> None:
+    expr = ('histogram_quantile(0.9, sum by (namespace, le) (rate(a_seconds_bucket{x=~"$job", y="b c"}[5m]))) '
+            '/ on (namespace) group_left() sglang:gen_throughput and b_total offset 1h unless abs(c) == +Inf')
+    assert metric_names(expr) == {"a_seconds_bucket", "sglang:gen_throughput", "b_total", "c"}
+
+
+def test_promql_is_valid(tmp_path: Path) -> None:
+    """Every dashboard query (variables substituted) as a recording rule: `promtool check rules` parses it."""
+    rules = [{"record": f"dspark:check:{i}", "expr": expr} for i, (_, expr) in enumerate(all_exprs())]
+    path = tmp_path / "dashboards-as-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    out = run([promtool(), "check", "rules", str(path)], check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(rules) > 60
+
+
+def test_alert_rules_check_and_unit_tests() -> None:
+    out = run([promtool(), "check", "rules", str(RULES_FILE)], check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 6 rules found" in out.stdout
+    out = run([promtool(), "test", "rules", str(ALERTS_TEST)], check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_dspark_metric_names_are_exported_by_the_project() -> None:
+    exported = project_metric_names()
+    unknown = {n: sorted(w) for n, w in used_names().items()
+               if (n.startswith("dspark_") or n.startswith("process_")) and n not in exported}
+    assert not unknown, f"metric names no exporter of the project defines: {unknown}"
+
+
+def test_sglang_metric_names_exist_in_the_pinned_sglang() -> None:
+    assert len(sglang_metric_kinds()) > 50  # the source scan found SGLang's collectors
+    exported = sglang_metric_names()
+    used = {n: w for n, w in used_names().items() if n.startswith("sglang:")}
+    assert {"sglang:prompt_tokens_total", "sglang:gen_throughput", "sglang:num_running_reqs"} <= set(used)
+    unknown = {n: sorted(w) for n, w in used.items() if n not in exported}
+    assert not unknown, f"not defined by the pinned SGLang: {unknown}"
+
+
+def test_every_used_name_has_a_known_source() -> None:
+    prefixes = ("dspark_", "process_", "sglang:", "master_")
+    strays = {n: sorted(w) for n, w in used_names().items() if not n.startswith(prefixes)}
+    assert not strays, f"metric names of unknown origin: {strays}"
+
+
+@pytest.mark.mooncake
+def test_mooncake_metric_names_are_served_by_mooncake_master(tmp_path: Path) -> None:
+    from dspark_trainer.testing.mooncake import MooncakeMaster, find_master_binary
+
+    try:
+        find_master_binary()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pytest.skip(f"mooncake_master not available: {exc}")
+    master = MooncakeMaster(log_dir=tmp_path)
+    master.start()
+    try:
+        with urllib.request.urlopen(f"{master.metrics_url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    finally:
+        master.stop()
+    served = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    used = {n: sorted(w) for n, w in used_names().items() if n.startswith("master_")}
+    assert used, "the training dashboard shows the Mooncake store"
+    unknown = {n: w for n, w in used.items() if n not in served}
+    assert not unknown, f"not served by mooncake_master: {unknown}"
