@@ -173,3 +173,30 @@ def test_parse_request_defaults() -> None:
     req = parse_request({"messages": USER, "chat_template_kwargs": {"enable_thinking": True}, "top_k": -1,
                          "stop": "x"})
     assert req.template_kwargs == {"enable_thinking": True} and req.top_k == 0 and req.stop == ("x",)
+
+
+def test_generation_on_the_capture_engines_decoder(tiny_target: Path, model_and_tokenizer: tuple[Any, Any]) -> None:
+    """On the capture server, chat generation uses the engine's decoder + the checkpoint's LM head (no second copy
+    of the target): logits and greedy answers are identical to the full causal LM's."""
+    from types import SimpleNamespace
+
+    import torch
+    from dspark_trainer.capture.chat_completions import attach_to_capture_server, causal_lm_from_decoder
+    from dspark_trainer.capture.engine import CaptureEngine
+
+    model, tok = model_and_tokenizer
+    engine = CaptureEngine(tiny_target, [0, 1], dtype="float32")
+    lm = causal_lm_from_decoder(engine.base, tiny_target)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        assert torch.equal(lm(ids).logits, model(input_ids=ids).logits)
+
+    def app() -> web.Application:
+        server = SimpleNamespace(engine=engine, app=web.Application())
+        attach_to_capture_server(server, tiny_target, model_name="tiny")
+        return server.app
+
+    greedy = {"messages": USER, "max_tokens": 10, "temperature": 0, "ignore_eos": True}
+    [(status, body)] = post_many(app, [greedy])
+    [(_, reference)] = post_many(lambda: build_app(model, tok, "tiny"), [greedy])
+    assert status == 200 and body["choices"] == reference["choices"] and body["usage"] == reference["usage"]

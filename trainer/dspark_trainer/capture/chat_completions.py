@@ -450,6 +450,84 @@ def add_chat_completion_routes(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# On the capture server: generate with the capture engine's own decoder (no second copy of the target).
+
+
+def _lm_head_weight(model_dir: str | Path, base: Any) -> Any:
+    """The LM head of a checkpoint: the embedding when tied, else ``lm_head.weight`` from its safetensors."""
+    import torch
+    from safetensors import safe_open
+
+    config = base.config
+    if getattr(config, "tie_word_embeddings", False):
+        return base.get_input_embeddings().weight
+    root = Path(model_dir)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        files = [root / json.loads(index.read_text())["weight_map"]["lm_head.weight"]]
+    else:
+        files = sorted(root.glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            if "lm_head.weight" in fh.keys():  # noqa: SIM118 (safe_open has keys(), no __contains__)
+                weight = fh.get_tensor("lm_head.weight")
+                embed = base.get_input_embeddings().weight
+                return torch.nn.Parameter(weight.to(dtype=embed.dtype, device=embed.device), requires_grad=False)
+    raise FileNotFoundError(f"no lm_head.weight in {root} (and tie_word_embeddings is false)")
+
+
+def causal_lm_from_decoder(base: Any, model_dir: str | Path) -> Any:
+    """A causal LM view of a decoder (e.g. ``CaptureEngine.base``): the decoder's forward plus the LM head, so
+    chat generation shares the capture server's weights. It has what ``ChatGenerator`` uses: ``config``,
+    ``parameters()``, and a forward returning ``logits`` and ``past_key_values``."""
+    import torch
+    from transformers import GenerationConfig
+
+    head = _lm_head_weight(model_dir, base)
+
+    class DecoderWithHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = base
+            self.head_weight = head
+            self.config = base.config
+            try:
+                self.generation_config: Any = GenerationConfig.from_pretrained(str(model_dir))
+            except OSError:
+                self.generation_config = None
+
+        def forward(self, input_ids: Any, past_key_values: Any = None, use_cache: bool = True) -> Any:
+            out = self.decoder(input_ids=input_ids, past_key_values=past_key_values, use_cache=use_cache)
+            logits = torch.nn.functional.linear(out.last_hidden_state, self.head_weight)
+            return _LMOutput(logits=logits, past_key_values=out.past_key_values)
+
+    return DecoderWithHead().eval()
+
+
+@dataclass
+class _LMOutput:
+    logits: Any
+    past_key_values: Any
+
+
+def attach_to_capture_server(
+    server: Any, model_dir: str | Path, model_name: str | None = None, default_max_tokens: int = 512
+) -> ChatCompletionService:
+    """Add the chat routes to a ``CaptureServer`` (before it starts): generation uses the capture engine's decoder
+    and the checkpoint's LM head, under the engine's lock (the capture hooks stay consistent: no capture runs while
+    a generation runs, and each capture resets what the hooks saw)."""
+    from transformers import AutoTokenizer
+
+    engine = server.engine
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = causal_lm_from_decoder(engine.base, model_dir)
+    return add_chat_completion_routes(
+        server.app, model, tokenizer, model_name=model_name or str(model_dir), lock=engine._lock,
+        max_context=getattr(engine, "max_seq_len", None), default_max_tokens=default_max_tokens,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # A small standalone server (tests, benchmarks, and a stand-in until the capture server serves these routes).
 
 
