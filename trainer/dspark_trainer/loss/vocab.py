@@ -32,11 +32,17 @@ class VocabTerms:
 
 
 def _mm_f32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w^T`` as float32, from inputs in ``w``'s dtype (bf16 inputs: fp32 output on CUDA)."""
+    """``x @ w^T`` as float32, from inputs in ``w``'s dtype.
+
+    bf16/fp16 inputs on CUDA: one matmul with a float32 output (no fp32 copy of ``w``); under autograd
+    (the unchunked reference only) both are upcast instead. On CPU: the low-precision product, upcast.
+    """
     if x.dtype != w.dtype:
         x = x.to(w.dtype)
     if w.dtype == torch.float32:
         return x @ w.t()
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return x.float() @ w.float().t()
     if x.is_cuda:
         return torch.mm(x, w.t(), out_dtype=torch.float32)
     return (x @ w.t()).float()

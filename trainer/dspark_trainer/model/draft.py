@@ -89,7 +89,11 @@ class DSparkDraftModel(nn.Module):
     # ---- parameters -------------------------------------------------------------------------------
 
     def reset_parameters(self, seed: int | None = None) -> None:
-        """Qwen3-style init: linear/embedding weights ~ N(0, initializer_range), biases 0, norms 1."""
+        """Qwen3-style init: linear/embedding weights ~ N(0, initializer_range), biases 0, norms 1.
+
+        With ``seed`` the values are drawn on the CPU from a generator seeded with it (the same on any
+        device and rank); without, in place from the parameters' device's global generator.
+        """
         std = self.config.initializer_range
         gen = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
         with torch.no_grad():
@@ -98,6 +102,8 @@ class DSparkDraftModel(nn.Module):
                     param.fill_(1.0)
                 elif name.endswith(".bias"):
                     param.zero_()
+                elif gen is None:
+                    param.normal_(0.0, std)
                 else:
                     values = torch.empty(param.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
                     param.copy_(values)
