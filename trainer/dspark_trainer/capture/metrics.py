@@ -45,4 +45,10 @@ class CaptureMetrics:
         )
         for reason in FAILURE_REASONS:
             self.failures.labels(reason=reason)
+        self.store_retries = Counter(
+            "dspark_capture_store_retries", "Mooncake operations retried with back-off, by reason.", ["reason"],
+            registry=r,
+        )
+        for reason in ("store_unavailable", "store_full", "record_not_found"):
+            self.store_retries.labels(reason=reason)
         self.queue_depth = Gauge("dspark_capture_queue_depth", "Requests accepted and not answered yet.", registry=r)

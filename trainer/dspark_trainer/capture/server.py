@@ -112,6 +112,7 @@ class CaptureServer:
         self._janitor: RecordJanitor | None = None
         self.port: int | None = None
         self.app = self._build_app()
+        self.transport.on_retry = lambda reason, _code: self.metrics.store_retries.labels(reason=reason).inc()
 
     # ------------------------------------------------------------------ app
     def _build_app(self) -> web.Application:

@@ -118,6 +118,18 @@ class CaptureClientConfig(ConfigModel):
             "target itself (small targets and tests only; no capture server, no Mooncake)."
         ),
     )
+    server_api: Literal["dspark", "sglang"] = Field(
+        "dspark",
+        description=(
+            "HTTP contract of the endpoints: dspark (POST /capture: the reference server) or sglang (POST "
+            "/generate on SGLang with the dspark_capture plugin)."
+        ),
+    )
+    retry_initial_seconds: float = Field(0.2, gt=0, description="First back-off before retrying a sample.")
+    retry_max_seconds: float = Field(10.0, gt=0, description="Longest back-off before retrying a sample.")
+    max_held_samples: int = Field(
+        64, ge=1, description="Captured samples the trainer may hold before releasing them (bounds buffer memory)."
+    )
 
 
 class MetricsConfig(ConfigModel):

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,8 @@ class MooncakeTransport:
         self._lock = threading.Lock()
         self._put_pool: BufferPool | None = None
         self.local_hostname = config.local_hostname or default_local_hostname()
+        # Called as on_retry(reason, code) whenever an operation backs off and retries (metrics hook).
+        self.on_retry: Callable[[str, int], None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -231,6 +233,15 @@ class MooncakeTransport:
 
     def _backoff(self) -> Backoff:
         return Backoff(self.config.retry_initial_seconds, self.config.retry_max_seconds)
+
+    def _note_retry(self, what: str, code: int, backoff: Backoff) -> None:
+        reason = "store_full" if code in FULL_CODES else "record_not_found" if code in NOT_FOUND_CODES else (
+            "store_unavailable"
+        )
+        if backoff.attempt == 0:
+            log.warning("%s: %s: %s (%s); retrying with back-off", self.name, what, reason, code_name(code))
+        if self.on_retry is not None:
+            self.on_retry(reason, code)
 
     def _unavailable(self, what: str, code: int) -> StoreUnavailableError:
         return StoreUnavailableError(
@@ -326,6 +337,7 @@ class MooncakeTransport:
             else:
                 unavailable_deadline = unavailable_deadline or Deadline(cfg.unavailable_timeout_seconds)
                 deadline = unavailable_deadline
+            self._note_retry("writing records", worst, backoff)
             if not deadline.sleep(backoff.next_delay()):
                 self._remove_quietly([keys[j] for j in done])
                 if worst in FULL_CODES:
@@ -356,6 +368,7 @@ class MooncakeTransport:
             if not bad:
                 return sizes
             deadline = deadline or Deadline(self.config.unavailable_timeout_seconds)
+            self._note_retry("reading record sizes", bad[0], backoff)
             if not deadline.sleep(backoff.next_delay()):
                 raise self._unavailable("reading record sizes", bad[0])
 
@@ -391,6 +404,7 @@ class MooncakeTransport:
             unknown = missing
             if unknown:
                 not_found_deadline = not_found_deadline or Deadline(cfg.not_found_timeout_seconds)
+                self._note_retry("reading records", int(StoreCode.OBJECT_NOT_FOUND), backoff)
                 if not not_found_deadline.sleep(backoff.next_delay()):
                     raise self._not_found(infos, set(unknown))
         buffers: list[HostBuffer] = []
@@ -427,6 +441,7 @@ class MooncakeTransport:
                 pending = retry
                 if not pending:
                     break
+                self._note_retry("reading records", worst, backoff)
                 if worst in UNAVAILABLE_CODES:
                     unavailable_deadline = unavailable_deadline or Deadline(cfg.unavailable_timeout_seconds)
                     if not unavailable_deadline.sleep(backoff.next_delay()):
@@ -486,6 +501,7 @@ class MooncakeTransport:
             keys = retry
             if keys:
                 deadline = deadline or Deadline(self.config.unavailable_timeout_seconds)
+                self._note_retry("deleting records", results[0], backoff)
                 if not deadline.sleep(backoff.next_delay()):
                     raise self._unavailable("deleting records", results[0])
         return removed
@@ -502,6 +518,7 @@ class MooncakeTransport:
             if rc not in UNAVAILABLE_CODES:
                 raise TransportError(f"{self.name}: {what} failed: {code_name(rc)}", rc)
             deadline = deadline or Deadline(self.config.unavailable_timeout_seconds)
+            self._note_retry(what, rc, backoff)
             if not deadline.sleep(backoff.next_delay()):
                 raise self._unavailable(what, rc)
 
