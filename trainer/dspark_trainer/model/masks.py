@@ -119,9 +119,11 @@ _COMPILED_FLEX: Any = None
 
 
 def _compiled_flex() -> Any:
+    """``torch.compile(flex_attention)`` with automatic dynamic shapes: after the first change of T or A
+    it recompiles once with symbolic sizes instead of once per shape (the default cache limit is 8)."""
     global _COMPILED_FLEX
     if _COMPILED_FLEX is None:
-        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+        _COMPILED_FLEX = torch.compile(flex_attention)
     return _COMPILED_FLEX
 
 
