@@ -92,7 +92,7 @@ def dspark_loss(
 
     local_w = w_sel.sum()
     denom = local_w.detach() if denominator is None else torch.as_tensor(denominator, device=hidden.device)
-    scale = float(world_size) / denom.float()
+    scale = float(world_size) / denom.float().clamp(min=1e-12)  # a step without positions: loss 0, not NaN
 
     sums: dict[str, torch.Tensor] = {"ce": (w_sel * vt.ce).sum()}
     c_star = None
