@@ -177,13 +177,16 @@ build_one() {
   mv -f "$out" "$BIN/$c"
 }
 
+mkdir -p "$WORK/logs"
 for c in "${missing[@]}"; do
   t0=$(now)
   echo "--> $c"
-  if build_one "$c"; then
+  # The go command's download chatter goes to a log; shown when the build fails.
+  if build_one "$c" >"$WORK/logs/$c.log" 2>&1; then
     echo "    built $c in $(($(now) - t0))s ($(du -h "$BIN/$c" | cut -f1))"
   else
-    echo "    FAILED to build $c after $(($(now) - t0))s" >&2
+    echo "    FAILED to build $c after $(($(now) - t0))s; last lines of $WORK/logs/$c.log:" >&2
+    tail -n 30 "$WORK/logs/$c.log" | sed 's/^/    | /' >&2
     failed+=("$c")
   fi
 done

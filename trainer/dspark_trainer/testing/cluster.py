@@ -201,7 +201,7 @@ _libc: Any = None
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if _libc is not None:
-        _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a throwaway cluster needs no graceful exit
 
 
 # --------------------------------------------------------------------------------------------
@@ -773,13 +773,17 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 cwd=self.state_dir,
                 start_new_session=True,
-                preexec_fn=None if self.detached else _die_with_parent,
+                # PR_SET_PDEATHSIG follows the spawning *thread*: only tie the processes to the main one.
+                preexec_fn=_die_with_parent if self._die_with_parent() else None,
                 env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
             )
         comp = Component(name, popen.pid, _proc_start_time(popen.pid), log_path, None if self.detached else popen)
         self.components[name] = comp
         self._check_alive_soon(comp)
         return comp
+
+    def _die_with_parent(self) -> bool:
+        return not self.detached and threading.current_thread() is threading.main_thread()
 
     def _check_alive_soon(self, comp: Component) -> None:
         """Fails fast (with the log) when a process exits right away, e.g. on a bad flag."""
