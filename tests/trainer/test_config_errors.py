@@ -22,6 +22,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def good(target: Path, tmp_path: Path) -> dict[str, Any]:
     return {
         "target": {"model": str(target)},
+        "draft": {"targetLayerIds": [0, 2]},
         "dataset": {"path": "builtin:demo-conversations"},
         "schedule": {"globalBatchSize": 4},
         "capture": {"mode": "inline"},
@@ -68,6 +69,9 @@ def test_missing_dataset(tmp_path: Path, target: Path, capsys: pytest.CaptureFix
 
 def test_target_layer_ids_outside_the_model(tmp_path: Path, target: Path) -> None:
     cfg = good(target, tmp_path)
+    cfg["draft"] = {"numTargetLayersCaptured": 5}  # the default rule needs more than 4 layers
+    with pytest.raises(ConfigError, match=r"draft\.targetLayerIds: the target has 4 layers"):
+        plan_run(TrainerConfig.model_validate(cfg), 1)
     cfg["draft"] = {"targetLayerIds": [1, 3]}  # layer 3 is the last of 4
     with pytest.raises(ConfigError, match=r"draft\.targetLayerIds: .*\[3\]"):
         plan_run(TrainerConfig.model_validate(cfg), 1)

@@ -30,6 +30,7 @@ def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def base_config(root: Path, target: Path, **overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "target": {"model": str(target), "dtype": "float32"},
+        "draft": {"targetLayerIds": [0, 2]},
         "dataset": {"path": "builtin:demo-conversations", "maxLength": 96, "evalFraction": 0.05},
         "schedule": {"microBatchSize": 1, "globalBatchSize": 4, "maxSteps": 12, "seed": 1},
         "optimizer": {"learningRate": 3e-3, "warmupRatio": 0.1},

@@ -61,6 +61,7 @@ def config(tmp_path: Path, **runtime: Any) -> TrainerConfig:
     target = make_standin_target(tmp_path / "target")
     return TrainerConfig.model_validate({
         "target": {"model": str(target), "dtype": "float32"},
+        "draft": {"targetLayerIds": [0, 2]},
         "dataset": {"path": "builtin:demo-conversations", "maxLength": 64, "evalFraction": 0.02},
         "schedule": {"globalBatchSize": 2, "maxSteps": 4},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "intervalSteps": 100},

@@ -245,7 +245,7 @@ def run_local(options: LocalOptions) -> int:
     code = 1
     last: dict[str, Any] = {}
     try:
-        cfg = services.start_services(cfg, layout, processes, say)
+        cfg = services.start_services(cfg, layout, plan.layer_ids, processes, say)
         write_config(cfg, layout.config)
         say(f"starting torchrun with {options.nproc} workers (log: {layout.logs / 'trainer.log'})")
         trainer = processes.start(

@@ -26,19 +26,10 @@ class ServiceError(RuntimeError):
 
 
 def ensure_tiny_target(path: Path) -> Path:
-    """Create the tiny random Qwen3 target (weights, config, tokenizer with chat template) once."""
-    if (path / "config.json").is_file() and (path / "tokenizer_config.json").is_file():
-        return path
-    from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+    """The demo target: issue 3's tiny random Qwen3, taught the demo conversations (created once)."""
+    from dspark_trainer.local.tiny_target import ensure_demo_target
 
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    make_tiny_qwen3_target(tmp)
-    tmp.rename(path)
-    return path
+    return ensure_demo_target(path)
 
 
 def worker_env(threads: int = 1) -> dict[str, str]:
@@ -82,7 +73,7 @@ def http_ok(url: str) -> Callable[[], bool]:
 
 
 def start_services(
-    cfg: TrainerConfig, layout: Layout, processes: ProcessSet, say: Callable[[str], None]
+    cfg: TrainerConfig, layout: Layout, layer_ids: list[int], processes: ProcessSet, say: Callable[[str], None]
 ) -> TrainerConfig:
     """Start what the config needs (Mooncake + capture server in remote mode); returns the config with
     their addresses and a free metrics port filled in."""
@@ -90,7 +81,7 @@ def start_services(
     if cfg.capture.mode == "remote":
         transport = start_mooncake(cfg, layout, processes, say)
         cfg = cfg.model_copy(update={"transport": transport})
-        url = start_capture_server(cfg, layout, processes, say)
+        url = start_capture_server(cfg, layout, layer_ids, processes, say)
         updates["capture"] = cfg.capture.model_copy(update={"endpoints": [url]})
     return cfg.model_copy(update=updates)
 
@@ -117,15 +108,22 @@ def start_mooncake(
 
 
 def start_capture_server(
-    cfg: TrainerConfig, layout: Layout, processes: ProcessSet, say: Callable[[str], None]
+    cfg: TrainerConfig, layout: Layout, layer_ids: list[int], processes: ProcessSet, say: Callable[[str], None]
 ) -> str:
+    """The reference capture server (`dspark capture-server`) for the target; returns its URL."""
     import yaml
 
     port = free_port()
-    config_path = layout.root / "capture.yaml"
-    config_path.write_text(yaml.safe_dump(cfg.to_wire(), sort_keys=False))
-    argv = [str(Path(sys.executable).parent / "dspark"), "capture-server", "--config", str(config_path),
-            "--host", "127.0.0.1", "--port", str(port)]
+    transport_path = layout.root / "transport.yaml"
+    transport_path.write_text(yaml.safe_dump({"transport": cfg.transport.to_wire()}, sort_keys=False))
+    argv = [
+        str(Path(sys.executable).parent / "dspark"), "capture-server",
+        "--model", cfg.target.model, "--layer-ids", *[str(i) for i in layer_ids], "--dtype", cfg.target.dtype,
+        "--device", "cuda:0" if cfg.runtime.device == "cuda" else "cpu",
+        "--max-seq-len", str(cfg.dataset.max_length),
+        "--host", "127.0.0.1", "--port", str(port), "--transport-config", str(transport_path),
+        "--log-level", "WARNING",
+    ]
     say(f"starting the reference capture server on 127.0.0.1:{port}")
     proc = processes.start("capture-server", argv, layout.logs / "capture-server.log", env=worker_env(),
                            cwd=layout.root)

@@ -37,28 +37,15 @@ class RunPlan:
         return per_epoch / self.samples_per_rank
 
 
-def default_layer_ids(num_layers: int, count: int) -> list[int]:
-    """``count`` ids evenly spaced from 1 to ``num_layers - 3`` (DSPARK.md); fewer on very small targets."""
-    hi = max(1, num_layers - 3)
-    if count == 1:
-        return [1]
-    ids = [round(1 + k * (hi - 1) / (count - 1)) for k in range(count)]
-    return sorted(set(ids))
-
-
 def resolve_layer_ids(config: TrainerConfig, num_layers: int) -> list[int]:
-    """The configured ids, checked against the target, or the default rule."""
-    ids = config.draft.target_layer_ids
-    if ids is None:
-        ids = default_layer_ids(num_layers, config.draft.num_target_layers_captured)
-    allowed_max = num_layers - 2  # the last target layer must not be used
-    bad = [i for i in ids if i < -1 or i > allowed_max]
-    if bad:
-        raise ConfigError(
-            f"draft.targetLayerIds: {bad} outside the target, which has {num_layers} layers "
-            f"(allowed: -1 for the embedding, 0..{allowed_max}; the last layer must not be used)"
-        )
-    return list(ids)
+    """The configured ids checked against the target, or the default rule (``DraftOptions``)."""
+    try:
+        return config.draft.resolve_target_layer_ids(num_layers)
+    except ValueError as exc:
+        message = str(exc)
+        if not message.startswith("draft."):
+            message = f"draft.targetLayerIds: {message}"
+        raise ConfigError(message) from None
 
 
 def load_target_config(config: TrainerConfig) -> Any:

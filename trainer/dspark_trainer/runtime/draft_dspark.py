@@ -1,0 +1,115 @@
+"""The runtime's ``DraftAPI`` implemented with the DSpark model (``dspark_trainer.model``) and loss
+(``dspark_trainer.loss``).
+
+The model's forward computes the loss (under FSDP2 the root's LM head and Markov ``W2`` are only
+gathered inside the root forward); the global denominator is passed as a Python float so FSDP2's
+mixed-precision input cast cannot round it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dspark_trainer.config.training import TrainerConfig
+from dspark_trainer.data.batching import MicroBatch
+from dspark_trainer.loss.dspark_loss import LossWeights
+from dspark_trainer.loss.metrics import summarize
+from dspark_trainer.loss.weights import local_denominator
+from dspark_trainer.model.anchors import sample_anchors
+from dspark_trainer.model.checkpoint import export_checkpoint, import_checkpoint
+from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config_from_dir
+from dspark_trainer.model.draft import DSparkDraftModel
+from dspark_trainer.model.target_weights import load_vocab_weights
+from dspark_trainer.runtime.draft_api import Quality
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    batch: MicroBatch
+    anchors: torch.Tensor
+    keep: torch.Tensor
+    denominator: torch.Tensor
+
+
+class DSparkDraftAPI:
+    """Builds, steps and exports the DSpark draft for the runtime."""
+
+    def __init__(self) -> None:
+        self.model_config: DSparkModelConfig | None = None
+        self.alphas = LossWeights()
+
+    def build_model(
+        self, config: TrainerConfig, target_dir: str, layer_ids: Sequence[int], device: torch.device
+    ) -> torch.nn.Module:
+        cfg = resolve_model_config_from_dir(target_dir, config.draft, target_layer_ids=list(layer_ids))
+        self.model_config = cfg
+        model = DSparkDraftModel(cfg)  # initialised from the torch RNG (seeded by the runtime)
+        embed, head = load_vocab_weights(target_dir, dtype=torch.float32)
+        model.set_vocab_weights(embed, head)
+        if config.draft.init_from:
+            self._init_from(model, cfg, config.draft.init_from)
+        self.alphas = model.loss_weights
+        return model.to(device)
+
+    @staticmethod
+    def _init_from(model: DSparkDraftModel, cfg: DSparkModelConfig, path: str) -> None:
+        init_cfg, state = import_checkpoint(path)
+        if init_cfg.model_dump(exclude={"base_config"}) != cfg.model_dump(exclude={"base_config"}):
+            log.warning("draft.initFrom %s was trained with other options; loading the weights that fit", path)
+        own = model.state_dict()
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        usable = {n: t for n, t in state.items() if n in trainable and tuple(t.shape) == tuple(own[n].shape)}
+        if not usable:
+            raise ValueError(f"draft.initFrom: {path} has no weights that fit this draft")
+        model.load_state_dict(usable, strict=False)
+        log.info("initialised %d of %d trainable tensors from %s", len(usable), len(trainable), path)
+
+    def decoder_layers(self, model: torch.nn.Module) -> Sequence[torch.nn.Module]:
+        assert isinstance(model.layers, torch.nn.ModuleList)
+        return list(model.layers)
+
+    def prepare(self, model: torch.nn.Module, batch: MicroBatch) -> Prepared:
+        cfg = self.model_config
+        assert cfg is not None, "build_model first"
+        anchors, keep = sample_anchors(batch.loss_mask, cfg.num_anchors, seeds=batch.seeds or None)
+        denom = local_denominator(batch.loss_mask, anchors, keep, cfg.block_size, cfg.gamma)
+        return Prepared(batch=batch, anchors=anchors, keep=keep, denominator=denom)
+
+    def denominator(self, prepared: Prepared) -> torch.Tensor:
+        return prepared.denominator
+
+    def loss_and_stats(
+        self, model: torch.nn.Module, prepared: Prepared, global_denominator: torch.Tensor, world_size: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = prepared.batch
+        out = model(
+            b.input_ids, b.hidden, b.loss_mask, prepared.anchors, prepared.keep, b.last_hidden,
+            denominator=float(global_denominator), world_size=world_size,
+        )
+        assert out.loss is not None
+        return out.loss, out.stats
+
+    def summarize(self, stats: Mapping[str, torch.Tensor], global_denominator: float) -> Quality:
+        m = summarize(stats, self.alphas)
+        extra = dict(m.extra)
+        for name in ("confidence_abs_error", "confidence_bias", "confidence_cum_bias"):
+            value = getattr(m, name)
+            if value is not None:
+                extra[name] = float(value)
+        return Quality(
+            loss=dict(m.loss), accept_rate=list(m.accept_rate or []), tau=float(m.tau or 0.0), acc=list(m.acc),
+            sim_acc_len=float(m.sim_acc_len), extra=extra,
+        )
+
+    def export(self, full_state: Mapping[str, torch.Tensor], config: TrainerConfig, target_dir: str,
+               layer_ids: Sequence[int], output_dir: Path) -> None:
+        cfg = self.model_config
+        assert cfg is not None, "build_model first"
+        export_checkpoint(full_state, cfg, output_dir)
