@@ -150,6 +150,23 @@ class JobWorkers:
                 del self._workers[key]
 
 
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """Kopf computes a deep-copied "essence" of every watched object on every event to diff it for
+    change handlers. This operator registers no change handlers (only event handlers and its own
+    workers), so the essence is never used: skip it (it was the largest CPU cost per event)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        """An empty essence."""
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """Nothing is stored."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing is stored."""
+
+
 @dataclasses.dataclass
 class Runtime:
     """What the handlers share (kept in Kopf's memo)."""
@@ -171,7 +188,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     """Configure Kopf and build the reconciler."""
     ours: Settings = memo.get("settings") or Settings.from_env()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING  # explicit events only, plus warnings/errors
     settings.watching.server_timeout = int(ours.watch_server_timeout)  # the API wants an integer

@@ -68,6 +68,7 @@ FIRST_WAVE = frozenset({"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "S
 DRY_RUN_KINDS = frozenset({"Deployment", "StatefulSet", "PodMonitor"})
 PODMONITOR_RECHECK_SECONDS = 300.0
 MIN_ERROR_BACKOFF = 5.0
+BUILT_CACHE_SIZE = 512
 MAX_ERROR_BACKOFF = 300.0
 
 
@@ -189,6 +190,7 @@ class Reconciler:
         self._podmonitor: bool | None = None
         self._podmonitor_checked = 0.0
         self._errors: dict[str, int] = {}
+        self._built: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._last_error: dict[str, str] = {}
 
     # ---------------------------------------------------------------- entry point
@@ -329,10 +331,17 @@ class Reconciler:
             inference_image=self.settings.inference_image,
             podmonitor_available=bool(self._podmonitor),
         )
-        try:
-            manifests = build_children(ctx)
-        except (ValidationError, ValueError) as err:
-            raise _Rejected(InvalidSpec("spec", f"cannot build the children: {err}")) from err
+        key = (job.uid, job.generation, ctx.podmonitor_available, ctx.trainer_image, ctx.inference_image)
+        manifests = self._built.get(key)
+        if manifests is None:
+            try:
+                manifests = build_children(ctx)
+            except (ValidationError, ValueError) as err:
+                raise _Rejected(InvalidSpec("spec", f"cannot build the children: {err}")) from err
+            # The spec of one generation never changes: remember its manifests (bounded).
+            if len(self._built) >= BUILT_CACHE_SIZE:
+                self._built.pop(next(iter(self._built)))
+            self._built[key] = manifests
         todo = [m for m in manifests if needs_apply(m, existing.get((m["kind"], m["metadata"]["name"])))]
         created = job.status.condition("Created")
         first_time = created is None or created.observed_generation != job.generation
@@ -368,6 +377,9 @@ class Reconciler:
                 else:
                     await self.api.apply(m)
             except ApiError as err:
+                if err.status == 404 and m["kind"] == "PodMonitor":
+                    self._podmonitor = False  # the Prometheus Operator CRDs went away: stop creating PodMonitors
+                    return
                 if err.status in (400, 422):
                     raise _Rejected(_invalid_from_api(m, err)) from err
                 raise

@@ -506,6 +506,44 @@ def test_fifty_jobs_applied_at_once_all_reach_running(dsj_env: OperatorEnv, k8s_
     assert 'dspark_operator_jobs{phase="Running"}' in text
 
 
+PODMONITOR_CRD = (
+    Path.home()
+    / ".cache/dspark-k8s/go/mod/github.com/prometheus-operator/prometheus-operator@v0.85.0"
+    / "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"
+)
+
+
+def test_podmonitor_created_when_the_prometheus_operator_api_exists(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
+    """Uses the real PodMonitor CRD (from the Prometheus Operator module the deploy tests fetch into the cache)."""
+    if not PODMONITOR_CRD.exists():
+        pytest.skip(f"{PODMONITOR_CRD} not in the cache (fetched by tests/deploy)")
+    env, ns = dsj_env, k8s_namespace
+    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/podmonitors.monitoring.coreos.com"
+    existed = env.get(crd_path) is not None
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(PODMONITOR_CRD))
+    try:
+        env.wait(
+            lambda: any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in ((env.get(crd_path) or {}).get("status") or {}).get("conditions", [])
+            ),
+            what="the PodMonitor CRD",
+        )
+        env.operator.restart()  # the API's presence is cached for a few minutes
+        env.apply(ns, small_job("mon"))
+        env.wait_phase(ns, "mon", "Running")
+        pm = env.wait(
+            lambda: env.get(f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/podmonitors/mon"), what="the PodMonitor"
+        )
+        (ref,) = pm["metadata"]["ownerReferences"]
+        assert ref["kind"] == "DSparkTrainingJob" and ref["name"] == "mon"
+        assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} == {"metrics", "http"}
+        assert pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == "mon"
+    finally:
+        if not existed:
+            env.kubectl("delete", "crd", "podmonitors.monitoring.coreos.com", "--wait=false", check=False)
+
+
 def test_metrics_and_liveness(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
     env, ns = dsj_env, k8s_namespace
     env.apply(ns, small_job("met"))
