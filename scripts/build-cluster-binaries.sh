@@ -74,47 +74,44 @@ failed=()
 
 now() { date +%s; }
 
+# NOTE: these functions run where `set -e` is off (inside `if`), so every step checks its status.
+
 # Generates the k8s.io/kubernetes wrapper module once (go.mod + go.sum, under the cache dir).
 prepare_kubernetes() {
-  local dir="$WORK/kubernetes"
+  local dir="$WORK/kubernetes" upstream mods m n=0 pkgs=()
   if [ -f "$dir/.ready" ]; then return 0; fi
-  rm -rf "$dir" && mkdir -p "$dir"
-  (
-    cd "$dir"
-    printf 'module dspark.local/clusterbins/kubernetes\n\ngo 1.26\n' >go.mod
-    go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
-    local upstream
-    upstream=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
-    [ -f "$upstream" ] || { echo "cannot find go.mod of k8s.io/kubernetes@$K8S_VERSION" >&2; return 1; }
-    # Every staging module (k8s.io/X => ./staging/src/k8s.io/X) -> its published v0.<minor>.<patch>.
-    local mods n=0
-    mods=$(sed -n 's|^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*|\1|p' "$upstream")
-    for m in $mods; do
-      go mod edit -replace="$m=$m@$STAGING_VERSION"
-      n=$((n + 1))
-    done
-    echo "  wrapper module: k8s.io/kubernetes $K8S_VERSION with $n staging modules at $STAGING_VERSION"
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-scheduler@$K8S_VERSION" \
-      "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION"
-  ) || return 1
+  rm -rf "$dir" && mkdir -p "$dir" || return 1
+  printf 'module dspark.local/clusterbins/kubernetes\n\ngo 1.26\n' >"$dir/go.mod" || return 1
+  (cd "$dir" && go mod edit -require="k8s.io/kubernetes@$K8S_VERSION") || return 1
+  upstream=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p') || return 1
+  [ -f "$upstream" ] || { echo "cannot find go.mod of k8s.io/kubernetes@$K8S_VERSION" >&2; return 1; }
+  # Every staging module (k8s.io/X => ./staging/src/k8s.io/X) -> its published v0.<minor>.<patch>.
+  mods=$(sed -n 's|^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*|\1|p' "$upstream")
+  for m in $mods; do
+    (cd "$dir" && go mod edit -replace="$m=$m@$STAGING_VERSION") || return 1
+    n=$((n + 1))
+  done
+  [ "$n" -gt 0 ] || { echo "no staging replaces found in $upstream" >&2; return 1; }
+  echo "wrapper module: k8s.io/kubernetes $K8S_VERSION with $n staging modules at $STAGING_VERSION"
+  for m in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    pkgs+=("k8s.io/kubernetes/cmd/$m@$K8S_VERSION")
+  done
+  (cd "$dir" && go get "${pkgs[@]}") || return 1
   touch "$dir/.ready"
 }
 
 prepare_etcd() {
-  local dir="$WORK/etcd"
+  local dir="$WORK/etcd" m pkgs=()
   if [ -f "$dir/.ready" ]; then return 0; fi
-  rm -rf "$dir" && mkdir -p "$dir"
-  (
-    cd "$dir"
-    printf 'module dspark.local/clusterbins/etcd\n\ngo 1.26\n' >go.mod
-    # The server module replaces its siblings with ../api etc.: pin them to the same release.
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" "go.etcd.io/etcd/api/v3@$ETCD_VERSION" \
-      "go.etcd.io/etcd/client/pkg/v3@$ETCD_VERSION" "go.etcd.io/etcd/client/v3@$ETCD_VERSION" \
-      "go.etcd.io/etcd/pkg/v3@$ETCD_VERSION"
-    echo "  wrapper module: go.etcd.io/etcd/server/v3 $ETCD_VERSION"
-  ) || return 1
+  rm -rf "$dir" && mkdir -p "$dir" || return 1
+  printf 'module dspark.local/clusterbins/etcd\n\ngo 1.26\n' >"$dir/go.mod" || return 1
+  # The server module replaces its siblings with ../api etc.: pin them to the same release.
+  for m in server/v3 api/v3 client/pkg/v3 client/v3 pkg/v3; do
+    pkgs+=("go.etcd.io/etcd/$m@$ETCD_VERSION")
+  done
+  (cd "$dir" && go get "${pkgs[@]}") || return 1
+  echo "wrapper module: go.etcd.io/etcd/server/v3 $ETCD_VERSION"
   touch "$dir/.ready"
 }
 
@@ -130,10 +127,12 @@ kwok_stages() {
       for f in $(sed -n 's/^- \(.*\.yaml\)$/\1/p' "$src/kustomize/stage/$d/kustomization.yaml"); do
         [ $first -eq 1 ] || echo "---"
         first=0
-        cat "$src/kustomize/stage/$d/$f"
+        cat "$src/kustomize/stage/$d/$f" || return 1
       done
     done
-  } >"$dest.tmp" && mv "$dest.tmp" "$dest"
+  } >"$dest.tmp" || return 1
+  grep -q "name: pod-ready" "$dest.tmp" || { echo "kwok stages incomplete" >&2; return 1; }
+  mv "$dest.tmp" "$dest"
 }
 
 k8s_ldflags() {
@@ -151,10 +150,12 @@ build_one() {
   case "$c" in
     etcd)
       prepare_etcd || return 1
-      (cd "$WORK/etcd" && go build -trimpath -ldflags="$LDFLAGS_BASE" -o "$out" go.etcd.io/etcd/server/v3) ;;
+      (cd "$WORK/etcd" && go build -trimpath -ldflags="$LDFLAGS_BASE" -o "$out" go.etcd.io/etcd/server/v3) ||
+        return 1 ;;
     kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
       prepare_kubernetes || return 1
-      (cd "$WORK/kubernetes" && go build -trimpath -ldflags="$(k8s_ldflags)" -o "$out" "k8s.io/kubernetes/cmd/$c") ;;
+      (cd "$WORK/kubernetes" && go build -trimpath -ldflags="$(k8s_ldflags)" -o "$out" "k8s.io/kubernetes/cmd/$c") ||
+        return 1 ;;
     kwok)
       local gobin="$WORK/gobin-kwok"
       rm -rf "$gobin"
@@ -162,14 +163,14 @@ build_one() {
         -ldflags="$LDFLAGS_BASE -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
         "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" || return 1
       kwok_stages "$BIN/kwok-stages.yaml" || return 1
-      mv "$gobin/kwok" "$out" ;;
+      mv "$gobin/kwok" "$out" || return 1 ;;
     helm)
       local gobin="$WORK/gobin-helm"
       rm -rf "$gobin"
       # helm's own version string is only major.minor unless set at link time.
       GOBIN="$gobin" go install -trimpath -ldflags="$LDFLAGS_BASE -X $HELM_MODULE/internal/version.version=$HELM_VERSION" \
         "$HELM_MODULE/cmd/helm@$HELM_VERSION" || return 1
-      mv "$gobin/helm" "$out" ;;
+      mv "$gobin/helm" "$out" || return 1 ;;
     *)
       echo "unknown component $c" >&2
       return 1 ;;
