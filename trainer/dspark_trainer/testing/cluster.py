@@ -68,6 +68,15 @@ class ClusterError(RuntimeError):
     """The control plane could not be started, or a wait on it ran past its deadline."""
 
 
+class ComponentExited(ClusterError):
+    """A control-plane process exited; `wait_until` does not retry past this one."""
+
+    def __init__(self, component: str, log: Path) -> None:
+        super().__init__(f"{component} exited\n{_tail(log)}")
+        self.component = component
+        self.log = log
+
+
 # --------------------------------------------------------------------------------------------
 # Pinned versions and where their binaries are
 
@@ -148,7 +157,8 @@ def wait_until(
 ) -> T:
     """Polls `predicate` until it returns something truthy (returned) or `timeout` seconds pass.
 
-    Exceptions from the predicate count as "not yet"; the last one is shown in the error.
+    Exceptions from the predicate count as "not yet" (the last one is shown in the error),
+    except `ComponentExited`, which is raised at once.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -157,6 +167,8 @@ def wait_until(
             result = predicate()
             if result:
                 return result
+        except ComponentExited:
+            raise
         except Exception as e:
             last_error = e
         if time.monotonic() >= deadline:
@@ -515,64 +527,85 @@ class LocalCluster:
         self.stop()
 
     def start(self, timeout: float = 240) -> LocalCluster:
-        """Starts every component and waits (polling, deadline `timeout`) until usable."""
+        """Starts every component and waits (polling, deadline `timeout`) until usable.
+
+        A component that exits while being waited for fails the start at once (with its log);
+        one that lost its port to another process (ports are picked free, then bound by the
+        component) makes the whole start retry on new ports, up to 3 times.
+        """
         missing = missing_binaries(self.bin_dir)
         if missing:
             raise ClusterError(
                 f"missing {', '.join(missing)} in {self.bin_dir}: run `make cluster-bins` "
                 "(scripts/build-cluster-binaries.sh)"
             )
-        self._reset_state_dir()
         if not self.detached:
             global _libc
             if _libc is None:
                 with contextlib.suppress(OSError):
                     _libc = ctypes.CDLL(None, use_errno=True)
-            with _live_lock:
-                _live_clusters.add(self)
         t0 = time.monotonic()
         deadline = t0 + timeout
-
-        def left() -> float:
-            return max(1.0, deadline - time.monotonic())
-
-        try:
-            self._prepare()
-            self._spawn("etcd", self._etcd_args())
-            self.wait_until(self._etcd_healthy, timeout=left(), what="etcd to be healthy")
-            self._spawn("kube-apiserver", self._apiserver_args())
-            self.wait_until(
-                lambda: self.api("GET", "/readyz", timeout=5) == (200, "ok"),
-                timeout=left(),
-                what="kube-apiserver /readyz",
-            )
-            self._spawn_optional("kube-controller-manager", self._controller_manager_args)
-            self._spawn_optional("kube-scheduler", self._scheduler_args)
-            self._spawn_optional("kwok", self._kwok_args)
-            for spec in self.nodes:
-                status, out = self.api("POST", "/api/v1/nodes", spec.manifest())
-                if status not in (201, 409):
-                    raise ClusterError(f"creating node {spec.name}: {status} {out}")
-            for name, port in (
-                ("kube-controller-manager", self.ports.controller_manager),
-                ("kube-scheduler", self.ports.scheduler),
-                ("kwok", self.ports.kwok),
-            ):
-                if name in self.components:
-                    self.wait_until(self._healthz_probe(port), timeout=left(), what=f"{name} /healthz")
-            if "kwok" in self.components:
-                self.wait_until(self._nodes_ready, timeout=left(), what="the kwok nodes to be Ready and untainted")
-            if "kube-controller-manager" in self.components:
-                self.wait_until(
-                    lambda: self.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
-                    timeout=left(),
-                    what="the default ServiceAccount (controller-manager)",
-                )
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, 4):
+            self._reset_state_dir()
+            self.components = {}
+            self.skipped = []
+            if not self.detached:
+                with _live_lock:
+                    _live_clusters.add(self)
+            try:
+                self._start_once(deadline)
+                break
+            except ComponentExited as e:
+                self.stop()
+                if attempt == 3 or "address already in use" not in _tail(e.log, 60):
+                    raise
+                print(f"dspark test cluster: {e.component} lost its port, retrying on new ports", file=sys.stderr)
+            except BaseException:
+                self.stop()
+                raise
         self.started_in = time.monotonic() - t0
         return self
+
+    def _start_once(self, deadline: float) -> None:
+        def wait(predicate: Callable[[], object], what: str) -> None:
+            def check() -> object:
+                self._raise_if_exited()
+                return predicate()
+
+            self.wait_until(check, timeout=max(1.0, deadline - time.monotonic()), what=what)
+
+        self._prepare()
+        self._spawn("etcd", self._etcd_args())
+        wait(self._etcd_healthy, "etcd to be healthy")
+        self._spawn("kube-apiserver", self._apiserver_args())
+        wait(lambda: self.api("GET", "/readyz", timeout=5) == (200, "ok"), "kube-apiserver /readyz")
+        self._spawn_optional("kube-controller-manager", self._controller_manager_args)
+        self._spawn_optional("kube-scheduler", self._scheduler_args)
+        self._spawn_optional("kwok", self._kwok_args)
+        for spec in self.nodes:
+            status, out = self.api("POST", "/api/v1/nodes", spec.manifest())
+            if status not in (201, 409):
+                raise ClusterError(f"creating node {spec.name}: {status} {out}")
+        for name, port in (
+            ("kube-controller-manager", self.ports.controller_manager),
+            ("kube-scheduler", self.ports.scheduler),
+            ("kwok", self.ports.kwok),
+        ):
+            if name in self.components:
+                wait(self._healthz_probe(port), f"{name} /healthz")
+        if "kwok" in self.components:
+            wait(self._nodes_ready, "the kwok nodes to be Ready and untainted")
+        if "kube-controller-manager" in self.components:
+            wait(
+                lambda: self.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+                "the default ServiceAccount (controller-manager)",
+            )
+
+    def _raise_if_exited(self) -> None:
+        for comp in self.components.values():
+            if not comp.alive():
+                raise ComponentExited(comp.name, comp.log)
 
     def stop(self, timeout: float = 15) -> None:
         """Stops every process this cluster started (SIGTERM to each process group, then SIGKILL)."""
@@ -791,7 +824,7 @@ class LocalCluster:
             wait_until(lambda: not comp.alive(), timeout=0.3, what="", interval=0.1)
         except ClusterError:
             return  # still running after the grace period: good
-        raise ClusterError(f"{comp.name} exited at start\n{_tail(comp.log)}")
+        raise ComponentExited(comp.name, comp.log)
 
     def _spawn_optional(self, name: str, args: Callable[[], list[str]]) -> None:
         if not os.access(self.binary(name), os.X_OK):
