@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 import yaml
 from dspark_operator.builders import build_children, child_names
 from dspark_operator.builders.common import spec_hash
@@ -260,3 +265,61 @@ def test_builders_are_deterministic_and_needs_apply() -> None:
     assert (
         changed["metadata"]["annotations"][ANNOTATION_SPEC_HASH] != sts["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
     )
+
+
+def _trainer_script() -> str:
+    sts = find(build_children(make_ctx(PROD)), "StatefulSet")
+    command = sts["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    return str(command[2])
+
+
+def _fake_torchrun(tmp_path: Path, body: str) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "torchrun"
+    exe.write_text("#!/bin/sh\n" + body)
+    exe.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "DSPARK_POD_NAME": "demo-trainer-3", "OUT": str(tmp_path / "out")}
+
+
+def test_trainer_pod_command_rank_and_exit_codes(tmp_path: Path) -> None:
+    """The pod's shell entry point, run for real with a fake torchrun."""
+    env = _fake_torchrun(tmp_path, 'echo "$@" > "$OUT"\nexit "${FAKE_RC:-0}"\n')
+    failed = subprocess.run(["/bin/sh", "-c", _trainer_script()], env={**env, "FAKE_RC": "3"}, timeout=30)
+    assert failed.returncode == 3  # a failed run exits non-zero (the operator then restarts the gang)
+    args = (tmp_path / "out").read_text().split()
+    assert args[args.index("--node-rank") + 1] == "3"  # from the pod name when the pod-index label is absent
+    assert args[args.index("--nnodes") + 1] == "2"
+    with_index = subprocess.run(
+        ["/bin/sh", "-c", _trainer_script()], env={**env, "FAKE_RC": "1", "DSPARK_POD_INDEX": "1"}, timeout=30
+    )
+    assert with_index.returncode == 1
+    args = (tmp_path / "out").read_text().split()
+    assert args[args.index("--node-rank") + 1] == "1"
+
+
+def test_trainer_pod_idles_after_success_and_forwards_sigterm(tmp_path: Path) -> None:
+    env = _fake_torchrun(tmp_path, 'echo "$@" > "$OUT"\nexit 0\n')
+    log = tmp_path / "stdout"
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen(["/bin/sh", "-c", _trainer_script()], env=env, stdout=stdout)
+    deadline = time.monotonic() + 20
+    while "training finished" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "idle until the operator scales the trainer down" in log.read_text()
+    assert proc.poll() is None, "a finished run must not exit (restartPolicy: Always would rerun it)"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+    marker = tmp_path / "checkpointed"
+    second = tmp_path / "second"
+    second.mkdir()
+    body = f"trap 'touch {marker}; exit 143' TERM\ntouch \"$OUT\"\nwhile :; do sleep 0.1; done\n"
+    env = _fake_torchrun(second, body)
+    proc = subprocess.Popen(["/bin/sh", "-c", _trainer_script()], env=env)
+    while not Path(env["OUT"]).exists() and time.monotonic() < deadline + 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) != 0
+    assert marker.exists(), "SIGTERM reaches torchrun (the trainer checkpoints on it)"

@@ -82,16 +82,20 @@ def trainer_script(ctx: BuildContext) -> str:
         [
             "set -u",
             'child=""',
-            'trap \'[ -z "$child" ] || kill -TERM "$child" 2>/dev/null\' TERM INT',
+            'term=""',
+            'trap \'term=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null\' TERM INT',
             f'rank="${{{ENV_POD_INDEX}:-}}"',
             f'[ -n "$rank" ] || rank="${{{ENV_POD_NAME}##*-}}"',
             f'{head} --node-rank "$rank" {tail} &',
             "child=$!",
+            # A SIGTERM that arrived before the child's pid was known is passed on now.
+            '[ -z "$term" ] || kill -TERM "$child" 2>/dev/null',
             'wait "$child"; rc=$?',
             'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done',
             '[ "$rc" -eq 0 ] || exit "$rc"',
             'echo "dspark: training finished; idle until the operator scales the trainer down"',
             "trap 'exit 0' TERM INT",
+            '[ -z "$term" ] || exit 0',
             "while :; do sleep 5 & wait $!; done",
         ]
     )
