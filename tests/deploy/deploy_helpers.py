@@ -171,13 +171,26 @@ PROMQL_KEYWORDS = {
 }
 
 
+# `{__name__=~"sglang[:_]x"}` selects SGLang's series under either spelling (see the training dashboard).
+NAME_MATCHER = re.compile(r'__name__\s*(=~|=)\s*"([^"]*)"')
+
+
+def canonical_name(value: str, op: str) -> str:
+    """The metric name a `__name__` matcher selects; only the sglang colon/underscore alternative is allowed."""
+    name = value.replace("sglang[:_]", "sglang:") if op == "=~" else value
+    if not re.fullmatch(r"[A-Za-z_:][A-Za-z0-9_:]*", name):
+        raise ValueError(f"__name__ matcher {value!r} is not a single metric name")
+    return name
+
+
 def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (strings, label matchers, groupings and ranges ignored)."""
+    """Metric names a PromQL expression selects (strings, label matchers, groupings and ranges ignored;
+    `__name__` matchers count)."""
+    names = {canonical_name(v, op) for op, v in NAME_MATCHER.findall(expr)}
     s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
     s = re.sub(r"\{[^}]*\}", " ", s)
     s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
     s = re.sub(r"\[[^\]]*\]", " ", s)
-    names = set()
     for m in re.finditer(r"(?<![\w:.])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", s):
         word, call = m.group(1), m.group(2)
         if call or word.lower() in PROMQL_KEYWORDS:

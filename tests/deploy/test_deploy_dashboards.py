@@ -58,6 +58,10 @@ def test_metric_name_extraction() -> None:
     expr = ('histogram_quantile(0.9, sum by (namespace, le) (rate(a_seconds_bucket{x=~"$job", y="b c"}[5m]))) '
             '/ on (namespace) group_left() sglang:gen_throughput and b_total offset 1h unless abs(c) == +Inf')
     assert metric_names(expr) == {"a_seconds_bucket", "sglang:gen_throughput", "b_total", "c"}
+    expr = 'rate({__name__=~"sglang[:_]prompt_tokens_total", namespace=~"$namespace"}[1m]) + d{__name__="e"}'
+    assert metric_names(expr) == {"sglang:prompt_tokens_total", "d", "e"}
+    with pytest.raises(ValueError, match="not a single metric name"):
+        metric_names('{__name__=~"dspark_.*"}')
 
 
 def test_promql_is_valid(tmp_path: Path) -> None:
