@@ -264,7 +264,10 @@ def test_rbac_covers_what_the_operator_creates() -> None:
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
                         assert allowed(rules, group, resource, verb), ("trainer Role grants more", resource, verb)
-    for resource, verbs in (("dsparktrainingjobs", ("get", "list", "watch", "patch")),
+    for resource, verbs in (("deployments/scale", ("get", "patch")), ("statefulsets/scale", ("get", "patch"))):
+        for verb in verbs:
+            assert allowed(rules, "apps", resource, verb), (resource, verb)
+    for resource, verbs in (("dsparktrainingjobs", ("get", "list", "watch", "patch", "delete")),
                             ("dsparktrainingjobs/status", ("get", "patch")),
                             ("dsparktrainingjobs/finalizers", ("update",))):
         for verb in verbs:

@@ -183,7 +183,8 @@ def _children(job_ns: str, job_name: str, *, podmonitor: bool) -> list[dict[str,
 
 
 def _can_i(cluster: LocalCluster, sa: str, verb: str, resource: str, namespace: str | None) -> bool:
-    args = ["auth", "can-i", verb, resource, f"--as={sa}"]
+    resource, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, f"--as={sa}", *([f"--subresource={sub}"] if sub else [])]
     args += ["-n", namespace] if namespace else ["--all-namespaces"]
     out = cluster.kubectl(*args, check=False)
     return out.stdout.strip() == "yes"
@@ -215,6 +216,8 @@ def test_installed_rbac_lets_the_operator_create_its_children(
             ("update", "dsparktrainingjobs.dspark.io/finalizers"),
             ("list", "pods"), ("watch", "pods"), ("delete", "pods"),
             ("create", "events"), ("create", "jobs.batch"), ("delete", "statefulsets.apps"),
+            ("delete", "dsparktrainingjobs.dspark.io"),
+            ("patch", "deployments.apps/scale"), ("patch", "statefulsets.apps/scale"),
         ):
             assert _can_i(k8s_cluster, sa, verb, resource, jobs_ns), (verb, resource)
         for verb, resource in (("list", "customresourcedefinitions.apiextensions.k8s.io"), ("watch", "namespaces")):

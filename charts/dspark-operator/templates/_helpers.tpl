@@ -77,10 +77,11 @@ app.kubernetes.io/part-of: dspark
 
 {{/* The namespaced rules of the operator (in a ClusterRole for cluster scope, a Role per namespace otherwise). */}}
 {{- define "dspark-operator.namespacedRules" -}}
-# Its own custom resource: watch it, keep Kopf's annotations and finalizer on it, write its status.
+# Its own custom resource: watch it, keep Kopf's annotations and finalizer on it, write its status,
+# delete it runPolicy.ttlSecondsAfterFinished after it finished.
 - apiGroups: ["dspark.io"]
   resources: ["dsparktrainingjobs"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
 - apiGroups: ["dspark.io"]
   resources: ["dsparktrainingjobs/status"]
   verbs: ["get", "patch", "update"]
@@ -92,6 +93,10 @@ app.kubernetes.io/part-of: dspark
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Scale-down on completion and suspend goes through the scale subresource.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale", "statefulsets/scale"]
+  verbs: ["get", "patch", "update"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
