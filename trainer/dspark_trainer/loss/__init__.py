@@ -3,9 +3,11 @@
 from dspark_trainer.loss.dspark_loss import TERMS, LossOutput, LossWeights, dspark_loss
 from dspark_trainer.loss.metrics import DSparkMetrics, accumulate_stats, all_reduce_stats, summarize
 from dspark_trainer.loss.vocab import (
+    FusedVocabLoss,
     VocabTerms,
     draft_logits,
     target_probs,
+    vocab_loss_fused,
     vocab_terms,
     vocab_terms_chunked,
     vocab_terms_reference,
@@ -15,6 +17,7 @@ from dspark_trainer.loss.weights import decay_weights, global_denominator, local
 __all__ = [
     "TERMS",
     "DSparkMetrics",
+    "FusedVocabLoss",
     "LossOutput",
     "LossWeights",
     "VocabTerms",
@@ -28,6 +31,7 @@ __all__ = [
     "position_weights",
     "summarize",
     "target_probs",
+    "vocab_loss_fused",
     "vocab_terms",
     "vocab_terms_chunked",
     "vocab_terms_reference",

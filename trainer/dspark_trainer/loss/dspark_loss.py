@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from dspark_trainer.loss.vocab import vocab_terms
+from dspark_trainer.loss.vocab import vocab_loss_fused, vocab_terms
 
 TERMS = ("ce", "l1", "confidence")
 
@@ -59,6 +59,10 @@ def dspark_loss(
     denominator: float | torch.Tensor | None = None,
     world_size: int = 1,
     chunk_size: int | None = 1024,
+    fused: bool = True,
+    dedupe_target: bool = True,
+    compile_rows: bool | None = None,
+    info: dict[str, float] | None = None,
 ) -> LossOutput:
     """Loss and statistics of one micro-batch.
 
@@ -66,6 +70,12 @@ def dspark_loss(
     ``weights``, ``eval_mask [B, A, K]``, ``anchors``/``block_keep_mask [B, A]``, ``target_last_hidden [B, T, H]``.
     ``denominator`` is the global ``sum(w)`` of the optimizer step (default: this micro-batch's own).
     Only positions with ``eval_mask`` are projected onto the vocabulary.
+
+    With ``chunk_size`` and ``fused`` (the default) the CE and L1 terms and their gradient are computed in
+    one chunked pass (``vocab_loss_fused``: the LM head runs 2x for the draft and at most 1x for the
+    target, each distinct target position once per chunk with ``dedupe_target``); ``fused=False`` keeps
+    the chunked autograd path that recomputes the logits in backward; ``chunk_size=None`` the unchunked
+    reference. ``info`` (optional) receives ``target_rows`` / ``draft_rows`` (vocabulary rows projected).
     """
     bsz, _, k, hid = hidden.shape
     if alphas.needs_target and target_last_hidden is None:
@@ -80,19 +90,37 @@ def dspark_loss(
     f_sel = None if markov_feats is None else markov_feats.reshape(-1, markov_feats.shape[-1]).index_select(0, flat_sel)
     y_sel = labels.reshape(-1).index_select(0, flat_sel)
     w_sel = weights.reshape(-1).index_select(0, flat_sel).float()
-    t_sel = None
+    t_sel = flat_t = t_rows = None
     if target_last_hidden is not None:
         seq_len = target_last_hidden.shape[1]
         # the target's distribution for label index a + j + 1 comes from position a + j
         pos = (anchors.unsqueeze(-1) + torch.arange(k, device=anchors.device)).clamp(max=seq_len - 1)
         rows = (torch.arange(bsz, device=anchors.device).view(-1, 1, 1) * seq_len + pos).reshape(-1)
         flat_t = target_last_hidden.reshape(-1, target_last_hidden.shape[-1])
-        t_sel = flat_t.index_select(0, rows.index_select(0, flat_sel))
-    vt = vocab_terms(h_sel, f_sel, lm_head, markov_w2, y_sel, t_sel, chunk_size=chunk_size)
+        t_rows = rows.index_select(0, flat_sel)
 
     local_w = w_sel.sum()
     denom = local_w.detach() if denominator is None else torch.as_tensor(denominator, device=hidden.device)
     scale = float(world_size) / denom.float().clamp(min=1e-12)  # a step without positions: loss 0, not NaN
+
+    fused_loss = None
+    if chunk_size and fused:
+        w_scaled = w_sel.detach() * scale
+        ce_coef = w_scaled * alphas.ce if alphas.ce > 0 else torch.zeros_like(w_scaled)
+        tv_coef = w_scaled * alphas.l1 if (alphas.l1 > 0 and flat_t is not None) else torch.zeros_like(w_scaled)
+        fv = vocab_loss_fused(h_sel, f_sel, lm_head, markov_w2, y_sel, ce_coef, tv_coef, flat_t, t_rows,
+                              chunk_size=chunk_size, dedupe_target=dedupe_target, compile_rows=compile_rows)
+        vt, fused_loss = fv.terms, fv.loss
+        if info is not None:
+            info["target_rows"] = float(fv.target_rows)
+    else:
+        if flat_t is not None and t_rows is not None:
+            t_sel = flat_t.index_select(0, t_rows)
+        vt = vocab_terms(h_sel, f_sel, lm_head, markov_w2, y_sel, t_sel, chunk_size=chunk_size)
+        if info is not None:
+            info["target_rows"] = float(0 if t_sel is None else t_sel.shape[0])
+    if info is not None:
+        info["draft_rows"] = float(h_sel.shape[0])
 
     sums: dict[str, torch.Tensor] = {"ce": (w_sel * vt.ce).sum()}
     c_star = None
@@ -107,10 +135,16 @@ def dspark_loss(
             sums["confidence"] = (w_sel * bce).sum()
 
     loss = hidden.new_zeros((), dtype=torch.float32)
-    for name, alpha in (("ce", alphas.ce), ("l1", alphas.l1), ("confidence", alphas.confidence)):
-        if alpha > 0:
-            loss = loss + alpha * sums[name]
-    loss = loss * scale
+    if fused_loss is not None:
+        # CE and L1 (already weighted, scaled and differentiable) come from the fused pass
+        if alphas.confidence > 0:
+            loss = loss + alphas.confidence * sums["confidence"]
+        loss = loss * scale + fused_loss
+    else:
+        for name, alpha in (("ce", alphas.ce), ("l1", alphas.l1), ("confidence", alphas.confidence)):
+            if alpha > 0:
+                loss = loss + alpha * sums[name]
+        loss = loss * scale
     terms = {name: (value.detach() * scale) for name, value in sums.items()}
 
     stats = _stats(sums, local_w, vt.correct, c_star, conf_sel, flat_sel, eval_mask, block_keep_mask)

@@ -64,12 +64,25 @@ class DSparkDraftModel(nn.Module):
         attention_backend: AttentionBackend = "auto",
         loss_chunk_size: int | None = 1024,
         compile_flex: bool | None = None,
+        compile_layers: bool | None = None,
+        compile_loss: bool | None = None,
+        fused_loss: bool = True,
+        dedupe_target: bool = True,
     ) -> None:
+        """``compile_flex`` / ``compile_layers`` / ``compile_loss`` (each default: on CUDA) compile the
+        FlexAttention kernel, each decoder layer's math, and the per-row vocabulary math; ``fused_loss``
+        computes the CE/L1 gradient in the forward pass (no logits recomputation in backward);
+        ``dedupe_target`` computes the target's logits once per distinct position (see ``dspark_loss``)."""
         super().__init__()
         self.config = config
         self.attention_backend: AttentionBackend = attention_backend
         self.loss_chunk_size = loss_chunk_size
         self.compile_flex = compile_flex
+        self.compile_layers = compile_layers
+        self.compile_loss = compile_loss
+        self.fused_loss = fused_loss
+        self.dedupe_target = dedupe_target
+        self.last_loss_info: dict[str, float] = {}
         hid = config.hidden_size
         self.embed_tokens = nn.Embedding(config.vocab_size, hid)
         self.fc = nn.Linear(config.num_captured_layers * hid, hid, bias=False)
@@ -145,7 +158,9 @@ class DSparkDraftModel(nn.Module):
         mask = build_attention_mask(
             anchors, block_keep_mask, seq_len, k, self.attention_backend, compile_flex=self.compile_flex
         )
+        compiled = h.is_cuda if self.compile_layers is None else self.compile_layers
         for layer in self.layers:
+            layer.use_compiled = compiled
             h = layer(h, ctx, cos, sin, mask)
         return self.norm(h).view(bsz, num, k, -1)
 
@@ -224,6 +239,10 @@ class DSparkDraftModel(nn.Module):
             denominator=denominator,
             world_size=world_size,
             chunk_size=self.loss_chunk_size,
+            fused=self.fused_loss,
+            dedupe_target=self.dedupe_target,
+            compile_rows=self.compile_loss,
+            info=self.last_loss_info,
         )
 
     @property

@@ -3,6 +3,8 @@ and the pre-norm decoder layer (one module per layer, so FSDP2 can shard each wi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,8 +101,32 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def _layer_math(
+    layer: DSparkDecoderLayer, h: torch.Tensor, ctx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    mask: DraftAttentionMask,
+) -> torch.Tensor:
+    h = h + layer.self_attn(layer.input_layernorm(h), ctx, cos, sin, mask)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+_COMPILED_LAYER_MATH: Any = None
+
+
+def compiled_layer_math() -> Any:
+    """One ``torch.compile`` of the layer math shared by every layer (the parameters are graph inputs, so
+    the layers reuse one compiled graph). It is called from inside ``forward``, so FSDP2's hooks (in
+    ``__call__``) stay outside the compiled region and parameter names keep no ``_orig_mod`` prefix."""
+    global _COMPILED_LAYER_MATH
+    if _COMPILED_LAYER_MATH is None:
+        _COMPILED_LAYER_MATH = torch.compile(_layer_math)
+    return _COMPILED_LAYER_MATH
+
+
 class DSparkDecoderLayer(nn.Module):
-    """Pre-norm Qwen3 decoder layer whose attention also reads the (already normalised) context."""
+    """Pre-norm Qwen3 decoder layer whose attention also reads the (already normalised) context.
+
+    ``use_compiled`` (set by the draft per forward) runs the layer through ``torch.compile`` (fuses the
+    norms, RoPE, SiLU-gating and residual adds around the matmuls and FlexAttention)."""
 
     def __init__(self, cfg: DSparkModelConfig) -> None:
         super().__init__()
@@ -108,9 +134,12 @@ class DSparkDecoderLayer(nn.Module):
         self.self_attn = DSparkAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.use_compiled = False
 
     def forward(
         self, h: torch.Tensor, ctx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: DraftAttentionMask
     ) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), ctx, cos, sin, mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        if self.use_compiled:
+            out: torch.Tensor = compiled_layer_math()(self, h, ctx, cos, sin, mask)
+            return out
+        return _layer_math(self, h, ctx, cos, sin, mask)

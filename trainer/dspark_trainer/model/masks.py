@@ -138,7 +138,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DraftAttenti
         raise RuntimeError(
             "FlexAttention has no backward on CPU in this torch version; use attention backend 'dense' (or 'auto')"
         )
-    fn = _compiled_flex() if mask.compiled else flex_attention
+    # inside a compiled region (compiled decoder layers) dynamo compiles flex_attention itself
+    fn = _compiled_flex() if (mask.compiled and not torch.compiler.is_compiling()) else flex_attention
     out = fn(q, k, v, block_mask=mask.block, enable_gqa=True)
     assert isinstance(out, torch.Tensor)
     return out
