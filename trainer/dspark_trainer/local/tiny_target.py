@@ -115,7 +115,11 @@ def ensure_demo_target(path: Path, recipe: TinyTargetRecipe | None = None) -> Pa
     recipe = recipe or TinyTargetRecipe()
     if is_ready(path, recipe):
         return path
+    from transformers.utils import logging as hf_logging
+
     from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars in the demo
 
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():

@@ -271,7 +271,8 @@ class TrainingRun:
         )
         if not result.applied:
             log.warning("step %d: non-finite gradient norm, update skipped", self.step)
-        if self.ctx.is_main and (self.step % self.config.runtime.log_interval_steps == 0 or self.step == 1):
+        every = self.config.runtime.log_interval_steps
+        if self.ctx.is_main and (self.step % every == 0 or self.step in (1, self.plan.total_steps)):
             log.info(
                 "step %d/%d loss %.4f tau %.3f lr %.2e grad %.3f %.1f samples/s wait %.2fs",
                 self.step, self.plan.total_steps, q.loss.get("total", float("nan")), q.tau, result.learning_rate,
