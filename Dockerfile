@@ -11,7 +11,8 @@
 #           transformers, for small targets) and the CUDA build of Mooncake, whose wheel also
 #           provides `mooncake_master` (the operator runs the Mooncake master from this image).
 # serving:  SGLang (the version pinned in the `serving` extra) with this package's capture plugin
-#           and the CUDA build of Mooncake: the inference pods of a job.
+#           and the CUDA build of Mooncake: the inference pods of a job (the operator sets
+#           SGLANG_PLUGINS=dspark_capture there), and the image to serve the trained draft with.
 # Trainer and SGLang cannot share one image: the pinned SGLang requires a different torch (and
 # transformers) than the trainer's pins, so each gets the torch base image its pins need.
 #
@@ -103,8 +104,7 @@ LABEL org.opencontainers.image.title="dspark-serving" \
       org.opencontainers.image.version="${DSPARK_VERSION}"
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    SGLANG_PLUGINS=dspark_capture
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
