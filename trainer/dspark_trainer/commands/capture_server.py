@@ -5,7 +5,8 @@
 
 Loads the target from a local directory, connects to the Mooncake master, and serves the HTTP
 contract of docs/capture.md (POST /capture, /health, /health_generate, /metrics, /info) until
-SIGTERM/SIGINT.
+SIGTERM/SIGINT. It also serves OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models`` (generation with
+the same weights; docs/data.md) unless ``--no-chat``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mc.add_argument("--segment-size", type=parse_size, help="bytes contributed to the store (e.g. 4GiB)")
     mc.add_argument("--buffer-size", type=parse_size, help="registered local transfer buffer (e.g. 512MiB)")
     mc.add_argument("--key-ttl", type=float, help="seconds before an unfetched record is deleted")
+    # --- issue 9 (regeneration): OpenAI-compatible generation routes, see capture/chat_completions.py ---
+    chat = parser.add_argument_group("OpenAI-compatible chat (/v1/chat/completions, /v1/models)")
+    chat.add_argument("--served-model-name", default=None, help="model name in /v1/models (default: --model)")
+    chat.add_argument("--no-chat", action="store_true", help="do not serve /v1/chat/completions")
+    # --- end issue 9 ---
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -151,6 +157,15 @@ def run(args: argparse.Namespace) -> int:
     )
     transport = MooncakeTransport(transport_cfg, name="capture-server")
     server = CaptureServer(engine, transport, settings)
+    # --- issue 9 (regeneration): add /v1/chat/completions + /v1/models before the app starts ---
+    if not args.no_chat:
+        from dspark_trainer.capture.chat_completions import attach_to_capture_server
+
+        try:
+            attach_to_capture_server(server, args.model, model_name=args.served_model_name)
+        except (OSError, ValueError) as exc:  # e.g. no tokenizer in the model directory: capture still works
+            print(f"dspark capture-server: warning: no /v1/chat/completions: {exc}", file=sys.stderr)
+    # --- end issue 9 ---
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
