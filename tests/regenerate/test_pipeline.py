@@ -124,13 +124,14 @@ def test_asyncio_engine_same_contract(servers: list[str], tmp_path: Path) -> Non
     assert summary["run"]["engine"] == "asyncio" and summary["total"]["complete"]
 
 
-def cli(inp: Path, out: Path, servers: list[str], log: Path) -> subprocess.Popen[bytes]:
+def cli(inp: Path, out: Path, servers: list[str], log: Path, *extra: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "dspark_trainer.cli", "data", "regenerate", "--input", str(inp), "--output", str(out),
            "--shard-size", "4", "--workers", "1", "--concurrency-per-endpoint", "1", "--max-tokens", "24",
            "--extra-body", '{"ignore_eos": true}', "--num-cpus", "2", "--object-store-memory", str(200 * 2**20),
            "--backoff", "0.05", "--wait-endpoints", "60"]
     for url in servers:
         cmd += ["--endpoint", url]
+    cmd += extra
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=child_env(),
                             start_new_session=True)
 
@@ -154,7 +155,7 @@ def test_cli_killed_halfway_resumes_without_duplicates(servers: list[str], tmp_p
     assert 2 <= len(committed) < n_shards, "the run must be killed halfway"
     before = {name: (out / json.loads(text)["data_file"]).read_bytes() for name, text in committed.items()}
 
-    proc = cli(inp, out, servers, tmp_path / "run2.log")
+    proc = cli(inp, out, servers, tmp_path / "run2.log", "--summary-to", str(tmp_path / "counts.json"))
     try:
         assert proc.wait(timeout=300) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     finally:
@@ -169,3 +170,5 @@ def test_cli_killed_halfway_resumes_without_duplicates(servers: list[str], tmp_p
         assert (out / json.loads(committed[name])["data_file"]).read_bytes() == body
     assert not list(out.rglob(".*.tmp"))
     assert '"read": ' in (tmp_path / "run2.log").read_text()
+    counts = json.loads((tmp_path / "counts.json").read_text())
+    assert counts["complete"] and counts["total_written"] == 48 and counts["read"] == 48 - 4 * len(committed)

@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rp.add_argument("--object-store-memory", type=int, default=None, help="bytes for local Ray's object store")
     rp.add_argument("--workers", type=int, default=2, help="shards regenerated at a time (default 2)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.add_argument("--summary-to", default=None, metavar="PATH",
+                    help="also write the final counts as one JSON line here (e.g. /dev/termination-log)")
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -119,4 +121,20 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("dspark data regenerate: interrupted; committed shards are kept, rerun to resume", file=sys.stderr)
         return 130
+    if args.summary_to:
+        _write_counts(args.summary_to, summary)
     return 0 if summary["total"]["complete"] else 1
+
+
+def _write_counts(path: str, summary: dict[str, Any]) -> None:
+    """The counts in one short JSON line (a Kubernetes termination message holds at most 4 KiB)."""
+    run, total = summary["run"], summary["total"]
+    counts = {
+        "read": run["read"], "written": run["written"], "rejected": run["rejected"], "retried": run["retried"],
+        "total_written": total["written"], "total_rejected": total["rejected"], "samples": total["samples"],
+        "complete": total["complete"], "output": summary["output"],
+    }
+    try:
+        Path(path).write_text(json.dumps(counts) + "\n")
+    except OSError as exc:
+        print(f"dspark data regenerate: cannot write the counts to {path}: {exc}", file=sys.stderr)
