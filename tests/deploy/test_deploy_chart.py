@@ -264,14 +264,16 @@ def test_rbac_covers_what_the_operator_creates() -> None:
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
                         assert allowed(rules, group, resource, verb), ("trainer Role grants more", resource, verb)
-    for resource, verbs in (("deployments/scale", ("get", "patch")), ("statefulsets/scale", ("get", "patch"))):
+    needed: list[tuple[str, str, tuple[str, ...]]] = [
+        ("apps", "deployments/scale", ("get", "patch")),
+        ("apps", "statefulsets/scale", ("get", "patch")),
+        ("dspark.io", "dsparktrainingjobs", ("get", "list", "watch", "patch", "delete")),
+        ("dspark.io", "dsparktrainingjobs/status", ("get", "patch")),
+        ("dspark.io", "dsparktrainingjobs/finalizers", ("update",)),
+    ]
+    for group, resource, verbs in needed:
         for verb in verbs:
-            assert allowed(rules, "apps", resource, verb), (resource, verb)
-    for resource, verbs in (("dsparktrainingjobs", ("get", "list", "watch", "patch", "delete")),
-                            ("dsparktrainingjobs/status", ("get", "patch")),
-                            ("dsparktrainingjobs/finalizers", ("update",))):
-        for verb in verbs:
-            assert allowed(rules, "dspark.io", resource, verb), (resource, verb)
+            assert allowed(rules, group, resource, verb), (resource, verb)
     assert allowed(rules, "batch", "jobs", "create")
     assert allowed(rules, "", "events", "create")
 
