@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -10,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,32 +247,42 @@ def capture_metric_names() -> set[str]:
 SGLANG_METRIC_RE = re.compile(r"\b(Counter|Gauge|Histogram|Summary)\(\s*name\s*=\s*\"(sglang:[A-Za-z0-9_:]+)\"", re.S)
 
 
-def sglang_wheel() -> Path:
-    """The wheel of the SGLang version pinned in the `serving` extra (downloaded once into the cache)."""
+def cache_root() -> Path:
+    """~/.cache/dspark-k8s (XDG_CACHE_HOME respected), as scripts/build-cluster-binaries.sh uses it."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dspark-k8s"
+
+
+def sglang_source() -> Path:
+    """The unpacked wheel of the SGLang pinned in the `serving` extra (its top holds `sglang/` and the
+    dist-info), through the capture tests' cache helper (tests/capture/sglang_source.py)."""
+    name = "sglang_source"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "capture" / "sglang_source.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    try:
+        return Path(module.sglang_source(pinned("serving", "sglang")))
+    except (subprocess.SubprocessError, RuntimeError, OSError) as e:
+        missing(f"cannot obtain the pinned SGLang wheel: {e}")
+        raise
+
+
+def sglang_metadata() -> str:
+    """The METADATA of the pinned SGLang wheel."""
     version = pinned("serving", "sglang")
-    cache = Path(os.environ.get("DSPARK_CACHE", Path.home() / ".cache" / "dspark-k8s")) / f"sglang-{version}-dl"
-    wheels = sorted(cache.glob(f"sglang-{version}-*.whl"))
-    if not wheels:
-        cache.mkdir(parents=True, exist_ok=True)
-        proc = run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.11", "-d", str(cache), f"sglang=={version}"], check=False, timeout=600)
-        wheels = sorted(cache.glob(f"sglang-{version}-*.whl"))
-        if not wheels:
-            missing(f"cannot download sglang=={version}: {proc.stderr[-500:]}")
-    return wheels[0]
+    return (sglang_source() / f"sglang-{version}.dist-info" / "METADATA").read_text()
 
 
 @functools.cache
 def sglang_metric_kinds() -> dict[str, str]:
     """sglang:* metric name -> kind (counter/gauge/histogram/summary), from the pinned SGLang's source."""
     out: dict[str, str] = {}
-    with zipfile.ZipFile(sglang_wheel()) as zf:
-        for info in zf.infolist():
-            if not (info.filename.startswith("sglang/srt/") and info.filename.endswith(".py")):
-                continue
-            text = zf.read(info).decode(errors="replace")
-            if "sglang:" not in text:
-                continue
+    for path in sorted((sglang_source() / "sglang" / "srt").rglob("*.py")):
+        text = path.read_text(errors="replace")
+        if "sglang:" in text:
             for kind, name in SGLANG_METRIC_RE.findall(text):
                 out[name] = kind.lower()
     return out
@@ -305,7 +315,7 @@ def monitoring_crds() -> list[Path]:
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if go is None:
         missing("go not found: needed to fetch the Prometheus Operator CRDs")
-    cache = Path(os.environ.get("DSPARK_CACHE", Path.home() / ".cache" / "dspark-k8s"))
+    cache = cache_root()
     env = {**os.environ, "GOMODCACHE": os.environ.get("GOMODCACHE", str(cache / "go" / "mod")), "GOFLAGS": "-mod=mod"}
     proc = run([str(go), "mod", "download", "-json", f"{PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"],
                check=False, timeout=600, env=env, cwd=str(cache) if cache.exists() else None)

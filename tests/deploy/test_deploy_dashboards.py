@@ -16,6 +16,7 @@ from deploy_helpers import (
     RULES_FILE,
     dashboard_queries,
     metric_names,
+    missing,
     project_metric_names,
     rule_exprs,
     run,
@@ -30,7 +31,8 @@ from dspark_trainer.testing.prometheus import PROMTOOL, find_binary
 def promtool() -> str:
     path = find_binary(PROMTOOL)
     if path is None:
-        pytest.skip("promtool not found: run scripts/install-system-deps.sh (Debian's prometheus package)")
+        missing("promtool not found: run scripts/install-system-deps.sh (Debian's prometheus package)")
+    assert path is not None
     return path
 
 
@@ -112,7 +114,7 @@ def test_mooncake_metric_names_are_served_by_mooncake_master(tmp_path: Path) -> 
     try:
         find_master_binary()
     except (FileNotFoundError, RuntimeError) as exc:
-        pytest.skip(f"mooncake_master not available: {exc}")
+        missing(f"mooncake_master not available: {exc}")
     master = MooncakeMaster(log_dir=tmp_path)
     master.start()
     try:

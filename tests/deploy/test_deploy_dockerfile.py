@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
-from deploy_helpers import DOCKERFILE, REPO, pinned, pyproject, run, sglang_wheel, tool
+from deploy_helpers import DOCKERFILE, REPO, missing, pinned, pyproject, run, sglang_metadata, tool
 
 TEXT = DOCKERFILE.read_text()
 DIGEST = re.compile(r"^(?P<repo>[^:@\s]+):(?P<tag>[^@\s]+)@sha256:[0-9a-f]{64}$")
@@ -80,10 +79,7 @@ def test_versions_agree_with_pyproject() -> None:
 
 def test_serving_base_has_the_torch_sglang_pins() -> None:
     """SGLang pins its torch exactly: the serving base image must carry that torch."""
-    with zipfile.ZipFile(sglang_wheel()) as zf:
-        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        text = zf.read(meta).decode()
-    m = re.search(r"(?m)^Requires-Dist: torch==([0-9.]+)\s*$", text)
+    m = re.search(r"(?m)^Requires-Dist: torch==([0-9.]+)\s*$", sglang_metadata())
     assert m, "sglang no longer pins torch exactly; revisit SERVING_BASE_IMAGE"
     sglang_torch = m.group(1)
     serving_args = arg_defaults(stages()["serving"])
@@ -129,7 +125,7 @@ def test_operator_target_installs_without_torch(tmp_path: Path) -> None:
     proc = run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--find-links",
                 str(wheels), f"dspark-k8s[operator]=={version}"], check=False, timeout=900)
     if proc.returncode != 0 and "Could not find a version" in proc.stderr:
-        pytest.skip(f"package index unreachable: {proc.stderr[-300:]}")
+        missing(f"package index unreachable: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr
     out = run([str(venv / "bin" / "dspark-operator"), "--version"]).stdout
     assert version in out
