@@ -203,20 +203,21 @@ def test_master_killed_mid_stream_recovers_without_loss_or_duplicates(
                 got.append(sample.materialize())
                 if len(got) == 4:
                     mooncake_master.kill()
-                    threading.Timer(3.0, mooncake_master.start).start()
+                    # the server side: a clear 503 while the master is down
+                    status, _, ans = http(f"{server.url}/capture", {"request_id": "probe", "input_ids": [1, 2]})
+                    assert status == 503 and ans["reason"] == "store_unavailable", ans
+                    assert f"Mooncake master at {mooncake_master.address} unreachable" in ans["error"]
+                    threading.Timer(1.0, mooncake_master.start).start()
             assert mooncake_master.key_count() == 0
         server_metrics = http(f"{server.url}/metrics")[2]
     assert [s.sample_id for s in got] == [s[0] for s in samples]  # every sample once, in order
     for s in got:
         _check(s, tiny_target, samples[s.index])
     # both sides saw the loss clearly
-    # (the server answered 503, or its writes backed off until the master was back)
-    assert metric_value(server_metrics, "dspark_capture_failures_total", 'reason="store_unavailable"') + metric_value(
-        server_metrics, "dspark_capture_store_retries_total", 'reason="store_unavailable"'
-    ) >= 1
+    assert metric_value(server_metrics, "dspark_capture_failures_total", 'reason="store_unavailable"') >= 1
     assert client.stats.errors["store_unavailable"] + client.stats.errors["record_lost"] >= 1
     assert any("RPC_FAIL" in e or "not in the Mooncake store" in e for e in client.stats.last_errors)
-    assert client.stats.retries >= 1
+    # (whether a sample had to be captured again depends on timing; test_record_lost_... forces that case)
 
 
 def test_gives_up_with_a_clear_error(mooncake_master: MooncakeMaster) -> None:

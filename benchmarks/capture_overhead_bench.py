@@ -1,0 +1,190 @@
+"""Capture overhead of the reference capture server against the bare forward pass.
+
+    python benchmarks/capture_overhead_bench.py --hidden-size 512 --layers 8 --seq-len 512 --repeats 10
+    python benchmarks/capture_overhead_bench.py --device cuda --no-store --exactness   # on a GPU machine
+
+Builds a random Qwen3 target of the given size in a temporary directory and times, per request
+(median of --repeats after a warm-up):
+
+  bare      the base model's forward (no hooks, no LM head): the cost that cannot be avoided
+  capture   the same forward with the capture hooks (outputs of the listed layers + final norm)
+  +put      capture and the batched Mooncake write of the record (staging copy + put), real master
+  http      POST /capture to a running reference server, answer received (queue, JSON, forward, put)
+  +fetch    http plus the trainer side: read the record from Mooncake into a pooled buffer, delete it
+
+`--exactness` also checks, on the chosen device, whether stacking equal-length sequences into one
+forward (the server's default batching) gives results bit-identical to single-sequence forwards,
+and whether right-padding with an attention mask does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def make_target(path: Path, hidden: int, layers: int, vocab: int, seq_len: int) -> Path:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    heads = max(1, hidden // 64)
+    cfg = Qwen3Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 4), head_dim=64,
+        max_position_embeddings=max(2048, seq_len), tie_word_embeddings=False,
+    )
+    Qwen3ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
+    return path
+
+
+def timed(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def exactness(engine: Any, vocab: int, seq_lens: list[int]) -> list[dict[str, Any]]:
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for t in seq_lens:
+        for b in (2, 4, 8):
+            seqs = [torch.randint(0, vocab, (t,), generator=g).tolist() for _ in range(b)]
+            stacked = engine.capture(seqs)
+            engine_mode, engine.batch_mode = engine.batch_mode, "per_sample"
+            single = engine.capture(seqs)
+            engine.batch_mode = engine_mode
+            same = all(
+                torch.equal(a.last_hidden, s.last_hidden)
+                and all(torch.equal(x, y) for x, y in zip(a.hidden_parts, s.hidden_parts, strict=True))
+                for a, s in zip(stacked, single, strict=True)
+            )
+            rows.append({"check": "equal_length_stack", "seq_len": t, "batch": b, "bit_identical": same})
+        # right padding with an attention mask: a short sequence next to a long one
+        short = torch.randint(0, vocab, (t // 2,), generator=g)
+        long = torch.randint(0, vocab, (t,), generator=g)
+        ids = torch.zeros(2, t, dtype=torch.long)
+        ids[0, : t // 2] = short
+        ids[1] = long
+        mask = torch.zeros(2, t, dtype=torch.long)
+        mask[0, : t // 2] = 1
+        mask[1] = 1
+        with torch.inference_mode():
+            padded = engine.base(input_ids=ids.to(engine.device), attention_mask=mask.to(engine.device),
+                                 use_cache=False).last_hidden_state
+        alone = engine.capture([short.tolist()])[0].last_hidden
+        diff = (padded[0, : t // 2].float() - alone.float()).abs().max().item()
+        rows.append({"check": "right_padding", "seq_len": t, "batch": 2, "bit_identical": diff == 0.0,
+                     "max_abs_diff": diff})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-store", action="store_true", help="skip the Mooncake and HTTP measurements")
+    parser.add_argument("--exactness", action="store_true", help="check batching exactness on this device")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+    from dspark_trainer.capture.engine import CaptureEngine
+
+    sync: Callable[[], None] = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    work = Path(tempfile.mkdtemp(prefix="dspark-capture-bench-"))
+    target = make_target(work / "target", args.hidden_size, args.layers, args.vocab, args.seq_len)
+    engine = CaptureEngine(target, None, device=args.device, max_seq_len=max(2048, args.seq_len))
+    ids = torch.randint(0, args.vocab, (args.seq_len,), generator=torch.Generator().manual_seed(0)).tolist()
+    record_bytes = args.seq_len * (len(engine.layer_ids) + 1) * args.hidden_size * 2
+    out: dict[str, Any] = {
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "model": f"random Qwen3 hidden {args.hidden_size}, {args.layers} layers, bf16",
+        "layer_ids": engine.layer_ids,
+        "seq_len": args.seq_len,
+        "record_bytes": record_bytes,
+    }
+    if args.device.startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name()
+    res: dict[str, float] = {}
+    res["bare"] = timed(lambda: engine.bare_forward([ids]), args.repeats, sync)
+    res["capture"] = timed(lambda: engine.capture([ids]), args.repeats, sync)
+    if not args.no_store:
+        from dspark_trainer.capture.server import ServerSettings, start_capture_server
+        from dspark_trainer.testing.mooncake import MooncakeMaster
+        from dspark_trainer.transport import MooncakeTransport, RecordInfo, make_base_key
+
+        with MooncakeMaster() as master:
+            cfg = master.transport_config(global_segment_size=max(256 << 20, 8 * record_bytes))
+            writer = MooncakeTransport(cfg, name="bench-writer").connect()
+
+            def capture_put() -> None:
+                (st,) = engine.capture([ids])
+                base = make_base_key("bench")
+                writer.put_records([(base, {"hidden": st.hidden_parts, "last_hidden": st.last_hidden})])
+                writer.delete_records([base])
+
+            res["capture+put"] = timed(capture_put, args.repeats, sync)
+            writer.close()
+            server = start_capture_server(engine, MooncakeTransport(cfg, name="bench-server"),
+                                          ServerSettings(batch_window_ms=0.0, janitor=False))
+            reader = MooncakeTransport(cfg, segment_size=0, name="bench-reader").connect()
+            pool = reader.new_buffer_pool()
+            body = json.dumps({"request_id": "bench", "input_ids": ids}).encode()
+            answers: list[dict[str, Any]] = []
+
+            def post() -> None:
+                req = urllib.request.Request(f"{server.url}/capture", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req) as resp:
+                    answers.append(json.loads(resp.read()))
+
+            def http_only() -> None:
+                post()
+                reader.delete_records([answers[-1]["key"]])
+
+            def http_fetch() -> None:
+                post()
+                (rec,) = reader.get_records([RecordInfo.from_json(answers[-1])], pool)
+                rec.release()
+                reader.delete_records([answers[-1]["key"]])
+
+            res["http"] = timed(http_only, args.repeats, sync)
+            res["http+fetch"] = timed(http_fetch, args.repeats, sync)
+            pool.close()
+            reader.close()
+            server.stop()
+    out["median_ms"] = {k: round(v * 1000, 2) for k, v in res.items()}
+    out["overhead_vs_bare_pct"] = {k: round(100 * (v / res["bare"] - 1), 1) for k, v in res.items() if k != "bare"}
+    if args.exactness:
+        out["exactness"] = exactness(engine, args.vocab, [64, args.seq_len])
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
