@@ -35,6 +35,7 @@ COMPONENT_TRAINER: Final = "trainer"
 COMPONENT_CONFIG: Final = "config"
 COMPONENT_RBAC: Final = "rbac"
 COMPONENT_MONITORING: Final = "monitoring"
+COMPONENT_REGENERATE: Final = "regenerate"
 
 # Ports.
 MOONCAKE_RPC_PORT: Final = 50051

@@ -111,6 +111,17 @@ RULES: dict[Path_, list[dict[str, str]]] = {
             ),
         }
     ],
+    ("spec",): [
+        {
+            "rule": "!has(self.dataset.regenerate) || has(self.trainer.output.claimName)",
+            "message": (
+                "dataset.regenerate needs trainer.output.claimName: the regeneration Job writes the dataset to the "
+                "output volume and the trainer pods read it there"
+            ),
+            "fieldPath": ".trainer.output.claimName",
+        }
+    ],
+    ("spec", "dataset"): [_optional_immutable("regenerate", "dataset.regenerate is immutable")],
     ("spec", "target", "model"): _immutable("target.model is immutable"),
     ("spec", "target", "dtype"): _immutable("target.dtype is immutable"),
     ("spec", "target"): [_optional_immutable("revision", "target.revision is immutable")],

@@ -3,8 +3,8 @@
 Design (level-based):
 - Every watch event of a job (the initial listing after an operator (re)start included, so jobs
   are resumed; creation; spec updates; status changes from the trainer) wakes that job's worker.
-- Events of the job's trainer pods, Deployments and StatefulSets wake the job's worker too, so a
-  failed or deleted trainer pod is noticed at once.
+- Events of the job's trainer pods, Deployments, StatefulSets and its data-regeneration Job wake the
+  job's worker too, so a failed or deleted trainer pod, or a finished regeneration, is noticed at once.
 - The worker reconciles (observe, decide, act) and then waits for the next wake-up, at most the
   decision's requeue delay or the periodic resync interval: the periodic check of observed vs.
   desired state.
@@ -201,6 +201,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.label_selectors["pods"] = f"{children},{LABEL_COMPONENT}={COMPONENT_TRAINER}"
     settings.watching.label_selectors["apps", "deployments"] = children
     settings.watching.label_selectors["apps", "statefulsets"] = children
+    settings.watching.label_selectors["batch", "jobs"] = children
     settings.peering.standalone = ours.peering is None
     if ours.peering is not None:
         settings.peering.name = ours.peering
@@ -272,4 +273,10 @@ async def deployment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("apps", "v1", "statefulsets", labels={LABEL_MANAGED_BY: MANAGED_BY})
 async def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Trainer StatefulSet changed: check the job now."""
+    _wake_owner_job(body, memo)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+async def batch_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The data-regeneration Job changed (started, a pod failed, Complete, Failed): check the job now."""
     _wake_owner_job(body, memo)

@@ -66,6 +66,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("v1", "Event", "events"),
         KindInfo("apps/v1", "Deployment", "deployments"),
         KindInfo("apps/v1", "StatefulSet", "statefulsets"),
+        KindInfo("batch/v1", "Job", "jobs"),
         KindInfo("rbac.authorization.k8s.io/v1", "Role", "roles"),
         KindInfo("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
         KindInfo("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),

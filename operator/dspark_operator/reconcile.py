@@ -21,11 +21,13 @@ from dspark_operator.api.spec import RunPolicySpec
 from dspark_operator.api.status import DSparkTrainingJobStatus
 from dspark_operator.builders import BuildContext, build_children, workload_replicas
 from dspark_operator.builders.common import spec_hash
+from dspark_operator.builders.regenerate_job import build_regenerate_job, job_conditions, summary_from_pod
 from dspark_operator.constants import (
     ANNOTATION_SPEC_HASH,
     API_VERSION,
     COMPONENT_INFERENCE,
     COMPONENT_MOONCAKE,
+    COMPONENT_REGENERATE,
     COMPONENT_TRAINER,
     KIND,
     LABEL_COMPONENT,
@@ -44,7 +46,9 @@ from dspark_operator.status import (
     Observed,
     Workloads,
     decide,
+    job_info,
     pod_info,
+    regeneration_done,
     workload_info,
 )
 
@@ -65,7 +69,7 @@ OPERATOR_STATUS_KEYS = (
 )
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "StatefulSet")
 FIRST_WAVE = frozenset({"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"})
-DRY_RUN_KINDS = frozenset({"Deployment", "StatefulSet", "PodMonitor"})
+DRY_RUN_KINDS = frozenset({"Deployment", "StatefulSet", "PodMonitor", "Job"})
 PODMONITOR_RECHECK_SECONDS = 300.0
 MIN_ERROR_BACKOFF = 5.0
 BUILT_CACHE_SIZE = 512
@@ -249,7 +253,7 @@ class Reconciler:
         applied = 0
         if decision.workloads is Workloads.UP:
             try:
-                applied = await self._apply_children(job, existing)
+                applied = await self._apply_children(job, existing, decision)
             except _Rejected as rejected:
                 job = dataclasses.replace(job, spec=None, invalid=rejected.invalid)
                 decision = decide(job, observed, now, run_policy=policy)
@@ -291,6 +295,9 @@ class Reconciler:
         kinds: list[str] = ["Deployment", "StatefulSet"] if workloads_only else list(CHILD_KINDS)
         if not workloads_only and await self.podmonitor_available():
             kinds.append("PodMonitor")
+        regenerate = job.spec is not None and job.spec.dataset.regenerate is not None
+        if regenerate:
+            kinds.append("Job")  # listed only for jobs that regenerate (the operator may lack batch permissions)
         sel = selector(job.name)
         lists = await asyncio.gather(
             *(self.api.list(KINDS[k].collection(job.namespace), sel) for k in kinds),
@@ -317,10 +324,27 @@ class Reconciler:
             trainer=workload("StatefulSet", COMPONENT_TRAINER),
             trainer_pods=pods,
         )
+        if regenerate:
+            observed = dataclasses.replace(observed, regenerate=await self._observe_regeneration(job, existing))
         return existing, observed
 
+    async def _observe_regeneration(self, job: JobView, existing: Mapping[tuple[str, str], Mapping[str, Any]]) -> Any:
+        """The regeneration Job, with the counts its succeeded pod reported (read once, when it completes)."""
+        obj = next((o for (k, _), o in existing.items() if k == "Job"), None)
+        if obj is None:
+            return None
+        summary = None
+        if "Complete" in job_conditions(obj) and not regeneration_done(job.status, Observed()):
+            pods = await self.api.list(KINDS["Pod"].collection(job.namespace), selector(job.name, COMPONENT_REGENERATE))
+            for pod in pods:
+                if (pod.get("status") or {}).get("phase") == "Succeeded":
+                    summary = summary_from_pod(pod) or summary
+        return job_info(obj, summary)
+
     # ---------------------------------------------------------------- act
-    async def _apply_children(self, job: JobView, existing: Mapping[tuple[str, str], Mapping[str, Any]]) -> int:
+    async def _apply_children(
+        self, job: JobView, existing: Mapping[tuple[str, str], Mapping[str, Any]], decision: Decision
+    ) -> int:
         assert job.spec is not None
         ctx = BuildContext(
             name=job.name,
@@ -331,21 +355,39 @@ class Reconciler:
             inference_image=self.settings.inference_image,
             podmonitor_available=bool(self._podmonitor),
         )
-        key = (job.uid, job.generation, ctx.podmonitor_available, ctx.trainer_image, ctx.inference_image)
+        key = (
+            job.uid,
+            job.generation,
+            ctx.podmonitor_available,
+            ctx.trainer_image,
+            ctx.inference_image,
+            decision.trainer_up,
+        )
         manifests = self._built.get(key)
         if manifests is None:
             try:
-                manifests = build_children(ctx)
+                manifests = build_children(ctx, trainer_up=decision.trainer_up)
+                if job.spec.dataset.regenerate is not None:
+                    manifests.append(build_regenerate_job(ctx))
             except (ValidationError, ValueError) as err:
                 raise _Rejected(InvalidSpec("spec", f"cannot build the children: {err}")) from err
             # The spec of one generation never changes: remember its manifests (bounded).
             if len(self._built) >= BUILT_CACHE_SIZE:
                 self._built.pop(next(iter(self._built)))
             self._built[key] = manifests
-        todo = [m for m in manifests if needs_apply(m, existing.get((m["kind"], m["metadata"]["name"])))]
+        # The regeneration Job is created once, when the decision asks for it, and never updated (its pod template
+        # is immutable); it is validated with the other workloads on the first pass (dry run) all the same.
+        jobs = [m for m in manifests if m["kind"] == "Job" and (m["kind"], m["metadata"]["name"]) not in existing]
+        todo = [
+            m
+            for m in manifests
+            if m["kind"] != "Job" and needs_apply(m, existing.get((m["kind"], m["metadata"]["name"])))
+        ]
         created = job.status.condition("Created")
         first_time = created is None or created.observed_generation != job.generation
-        checked = [m for m in todo if m["kind"] in DRY_RUN_KINDS]
+        checked = [m for m in todo + jobs if m["kind"] in DRY_RUN_KINDS]
+        if decision.regenerate_job:
+            todo += jobs
         if checked and first_time:
             # Let the API server validate what user input reaches (pod templates, PodMonitor) before
             # creating anything; the rest is built from already validated names only.
@@ -387,6 +429,24 @@ class Reconciler:
         await asyncio.gather(*(one(m) for m in manifests))
 
     async def _scale_down(self, existing: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
+        # A regeneration Job that still runs is deleted (its pods with it); a rerun resumes from the committed shards.
+        unfinished = [
+            obj
+            for (kind, _), obj in existing.items()
+            if kind == "Job"
+            and not {"Complete", "Failed"} & set(job_conditions(obj))
+            and not (obj.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        await asyncio.gather(
+            *(
+                self.api.delete(
+                    KINDS["Job"].item(obj["metadata"]["namespace"], obj["metadata"]["name"]),
+                    uid=obj["metadata"].get("uid"),
+                    propagation="Background",
+                )
+                for obj in unfinished
+            )
+        )
         todo = [
             (kind, obj)
             for (kind, _), obj in existing.items()

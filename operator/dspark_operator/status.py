@@ -28,8 +28,14 @@ from dspark_operator.api.status import (
     TrainerState,
 )
 from dspark_operator.builders.config import draft_output_path
+from dspark_operator.builders.regenerate_job import dataset_path_for_training, describe_summary, job_conditions
 
 SUSPEND_REASON = "Suspend"
+# Reasons of the Regenerating condition (besides the Job's own failure reason).
+REGEN_WAITING = "WaitingForInference"
+REGEN_RUNNING = "JobRunning"
+REGEN_COMPLETED = "Completed"
+REGEN_FAILED = "RegenerationFailed"  # reason of the Failed condition when the regeneration Job fails
 # Seconds between checks while something is in motion (events usually wake the worker sooner).
 ACTIVE_REQUEUE = 10.0
 
@@ -68,6 +74,27 @@ class WorkloadInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class JobInfo:
+    """The data-regeneration Job (batch/v1) as observed."""
+
+    name: str
+    uid: str
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False  # condition Complete=True
+    failed_reason: str | None = None  # condition Failed=True: its reason (BackoffLimitExceeded, DeadlineExceeded, ...)
+    failed_message: str = ""
+    deleting: bool = False
+    summary: Mapping[str, Any] | None = None  # counts from the succeeded pod's termination message
+
+    @property
+    def finished(self) -> bool:
+        """Complete or Failed (the Job controller will not start another pod)."""
+        return self.complete or self.failed_reason is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class Observed:
     """The job's children as observed before this reconcile."""
 
@@ -76,6 +103,7 @@ class Observed:
     inference: WorkloadInfo | None = None
     trainer: WorkloadInfo | None = None
     trainer_pods: tuple[PodInfo, ...] = ()
+    regenerate: JobInfo | None = None
 
 
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
@@ -117,6 +145,26 @@ def workload_info(obj: Mapping[str, Any]) -> WorkloadInfo:
     )
 
 
+def job_info(obj: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> JobInfo:
+    """JobInfo from a batch/v1 Job object."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    conds = job_conditions(obj)
+    failed = conds.get("Failed")
+    return JobInfo(
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        active=int(status.get("active") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        complete="Complete" in conds,
+        failed_reason=str(failed.get("reason") or "Failed") if failed is not None else None,
+        failed_message=str(failed.get("message") or "") if failed is not None else "",
+        deleting=bool(meta.get("deletionTimestamp")),
+        summary=summary,
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # Decision
 
@@ -150,6 +198,8 @@ class Decision:
     requeue_after: float | None = None
     gang_restart: bool = False
     result: str = "ok"
+    trainer_up: bool = True  # False: the trainer StatefulSet stays at 0 replicas (data regeneration first)
+    regenerate_job: bool = False  # create the regeneration Job if it is missing
 
 
 def fmt_time(t: dt.datetime) -> str:
@@ -325,6 +375,8 @@ def _mark_stopped(b: _Builder, reason: str) -> None:
             b.condition(ctype, False, reason, "children scaled down")
     if b.status.is_true(ConditionType.RESTARTING.value):
         b.condition(ConditionType.RESTARTING, False, reason)
+    if b.status.is_true(ConditionType.REGENERATING.value):
+        b.condition(ConditionType.REGENERATING, False, reason, "the regeneration Job is stopped")
 
 
 def _fail(b: _Builder, policy: RunPolicySpec, reason: str, message: str, result: str = "failed") -> Decision:
@@ -404,6 +456,11 @@ def _running(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision
         f"{min(have, want)}/{want} inference replicas ready",
     )
 
+    if spec.dataset.regenerate is not None:
+        regenerating = _regeneration(b, policy, observed, mooncake_ready=mooncake_ready, ready=have, want=want)
+        if regenerating is not None:
+            return regenerating
+
     decision_extra = _gang(b, policy, observed)
     if decision_extra is not None:
         return decision_extra
@@ -441,6 +498,78 @@ def _running(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision
         b.phase(Phase.STARTING if anything_up or st.phase not in (None, Phase.PENDING.value) else Phase.PENDING)
         b.requeue.append(ACTIVE_REQUEUE)
     return b.finish(Workloads.UP)
+
+
+def regeneration_done(status: DSparkTrainingJobStatus, observed: Observed) -> bool:
+    """Whether the data regeneration succeeded: recorded in the Regenerating condition, or the Job is Complete."""
+    cond = status.condition(ConditionType.REGENERATING.value)
+    recorded = cond is not None and cond.status == ConditionStatus.FALSE.value and cond.reason == REGEN_COMPLETED
+    return recorded or (observed.regenerate is not None and observed.regenerate.complete)
+
+
+def _regeneration(
+    b: _Builder, policy: RunPolicySpec, observed: Observed, *, mooncake_ready: bool, ready: int, want: int
+) -> Decision | None:
+    """The data-regeneration stage: None once it succeeded (training may start); otherwise the Decision that
+    keeps the trainer at zero replicas (and creates the Job once inference is ready), or fails the job."""
+    st = b.status
+    spec = b.job.spec
+    assert spec is not None
+    job = observed.regenerate
+    name = f"{b.job.name}-regenerate"
+    output = dataset_path_for_training(spec)
+    if regeneration_done(st, observed):
+        cond = st.condition(ConditionType.REGENERATING.value)
+        if cond is None or cond.reason != REGEN_COMPLETED:
+            counts = describe_summary(job.summary if job is not None else None)
+            b.condition(
+                ConditionType.REGENERATING,
+                False,
+                REGEN_COMPLETED,
+                f"Job {name} regenerated the dataset into {output}" + (f" ({counts})" if counts else ""),
+            )
+        return None
+    if job is not None and job.failed_reason is not None:
+        detail = f"{job.failed_reason}: {job.failed_message}" if job.failed_message else job.failed_reason
+        b.condition(ConditionType.REGENERATING, False, job.failed_reason, job.failed_message or job.failed_reason)
+        msg = f"data regeneration Job {name} failed ({detail})"
+        b.condition(ConditionType.FAILED, True, REGEN_FAILED, msg)
+        return _fail(b, policy, REGEN_FAILED, msg)
+
+    regen = spec.dataset.regenerate
+    assert regen is not None
+    inference_ready = ready >= want
+    create = False
+    if job is not None:
+        pods = f"{job.active} running, {job.failed} failed (backoffLimit {regen.backoff_limit})"
+        b.condition(
+            ConditionType.REGENERATING,
+            True,
+            REGEN_RUNNING,
+            f"Job {name} is regenerating the dataset into {output}: pods {pods}"
+            + (" (being deleted)" if job.deleting else ""),
+        )
+    elif inference_ready:
+        create = True
+        b.condition(
+            ConditionType.REGENERATING, True, REGEN_RUNNING, f"Job {name} is regenerating the dataset into {output}"
+        )
+    else:
+        b.condition(
+            ConditionType.REGENERATING,
+            True,
+            REGEN_WAITING,
+            f"{min(ready, want)}/{want} inference replicas ready; the regeneration Job starts when all are",
+        )
+    b.condition(ConditionType.TRAINER_READY, False, "WaitingForRegeneration", "the trainer starts after regeneration")
+    b.condition(ConditionType.RUNNING, False, "Regenerating", "the dataset is being regenerated by the target")
+    anything_up = mooncake_ready or ready > 0 or job is not None
+    b.phase(
+        Phase.REGENERATING if anything_up or st.phase not in (None, Phase.PENDING.value) else Phase.PENDING,
+        f"regenerating the dataset into {output}",
+    )
+    b.requeue.append(ACTIVE_REQUEUE)
+    return b.finish(Workloads.UP, trainer_up=False, regenerate_job=create)
 
 
 def _gang(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision | None:

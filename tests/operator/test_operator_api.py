@@ -129,7 +129,15 @@ def test_immutable_fields_have_transition_rules(schema: dict[str, Any]) -> None:
 
 def test_status_schema(schema: dict[str, Any]) -> None:
     status = schema["properties"]["status"]["properties"]
-    assert status["phase"]["enum"] == ["Pending", "Starting", "Running", "Suspended", "Succeeded", "Failed"]
+    assert status["phase"]["enum"] == [
+        "Pending",
+        "Starting",
+        "Regenerating",
+        "Running",
+        "Suspended",
+        "Succeeded",
+        "Failed",
+    ]
     assert status["conditions"]["x-kubernetes-list-type"] == "map"
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
     progress = status["progress"]["properties"]

@@ -129,6 +129,34 @@ def check_semantics(name: str, spec: DSparkTrainingJobSpec) -> InvalidSpec | Non
                 return InvalidSpec(f"spec.{section}.env[{i}].name", f"{var.name} is reserved for the operator")
     if spec.trainer.output.draft_dir.strip("/") == spec.trainer.output.checkpoint_dir.strip("/"):
         return InvalidSpec("spec.trainer.output.draftDir", "must differ from checkpointDir")
+    if spec.dataset.regenerate is not None:
+        return _check_regenerate(spec)
+    return None
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(s for s in path.split("/") if s not in ("", "."))
+
+
+def _check_regenerate(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
+    regen = spec.dataset.regenerate
+    assert regen is not None
+    out = spec.trainer.output
+    if not out.claim_name:
+        return InvalidSpec(
+            "spec.trainer.output.claimName",
+            "dataset.regenerate needs an output volume: the regeneration Job writes the dataset there and the trainer "
+            "pods read it (an emptyDir is not shared between pods)",
+        )
+    mine = _segments(regen.output_dir)  # relative, no "." or ".." segments (the schema's pattern)
+    for field, other in (("draftDir", out.draft_dir), ("checkpointDir", out.checkpoint_dir)):
+        theirs = _segments(other)
+        shorter = min(len(mine), len(theirs))
+        if mine[:shorter] == theirs[:shorter]:
+            return InvalidSpec(
+                "spec.dataset.regenerate.outputDir",
+                f"{regen.output_dir!r} must not be, contain or lie inside trainer.output.{field} ({other!r})",
+            )
     return None
 
 

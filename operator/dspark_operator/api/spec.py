@@ -127,6 +127,86 @@ class TargetSpec(ConfigModel):
     )
 
 
+class RegenerateSpec(ConfigModel):
+    """Regenerate every assistant turn of the dataset with the target itself before training (the published DSpark
+    recipe: temperature 0.7, top_p 0.8, top_k 20, thinking disabled). The operator runs `dspark data regenerate` as a
+    batch/v1 Job against the job's own inference Service once the servers are ready; the trainer starts when the Job
+    succeeds and reads the regenerated dataset (output.mountPath/outputDir) instead of dataset.path. Immutable."""
+
+    output_dir: str = Field(
+        "regenerated",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*$",
+        description=(
+            "Directory under trainer.output.mountPath (the output volume, shared by the Job and the trainer) for "
+            "the regenerated dataset; the trainer's dataset.path. A rerun resumes it; a finished one is reused."
+        ),
+    )
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Image with dspark and Ray for the Job. Default: trainer.image, else the operator's trainer image.",
+    )
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(0.8, gt=0, le=1, description="Nucleus sampling probability (top_p).")
+    top_k: int = Field(20, ge=-1, le=1_000_000, description="Top-k sampling; -1 turns it off.")
+    max_tokens: int = Field(2048, ge=1, le=131072, description="Longest generated assistant turn, in tokens.")
+    enable_thinking: bool = Field(
+        False, description="Let the target think (chat_template_kwargs.enable_thinking); the recipe disables it."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="Base seed of the per-request seeds (a rerun samples the same turns)."
+    )
+    reject_truncated: bool = Field(
+        False, description="Drop a sample (to rejects/) when one of its turns hits maxTokens; default: keep it."
+    )
+    shard_size: int = Field(
+        1000, ge=1, le=1_000_000, description="Samples per output shard (the unit of commit and resume)."
+    )
+    concurrency_per_replica: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description=(
+            "Requests in flight per inference replica; the Job sends up to inference.replicas x this through the "
+            "inference Service (dspark data regenerate --concurrency-per-endpoint)."
+        ),
+    )
+    workers: int = Field(2, ge=1, le=64, description="Shards regenerated at a time (Ray actors).")
+    max_retries: int = Field(
+        5, ge=0, le=100, description="Retries of a failed request (exponential back-off, then the sample is rejected)."
+    )
+    request_timeout_seconds: float = Field(600.0, gt=0, le=86400, description="Timeout of one chat request.")
+    wait_endpoints_seconds: float = Field(
+        1800.0, gt=0, le=86400, description="How long the Job waits for the inference Service's /v1/models at start."
+    )
+    ray_address: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Join this Ray cluster (e.g. a KubeRay head: ray://<head-svc>:10001) instead of starting a local Ray in "
+            "the Job pod. Its workers must see dataset.path at the same path and reach the inference Service; the "
+            "Job pod (the driver) writes the output."
+        ),
+    )
+    backoff_limit: int = Field(
+        3, ge=0, le=100, description="Failed Job pods before the regeneration (and the job) fails; each retry resumes."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Seconds the regeneration Job may run before it fails (reason DeadlineExceeded)."
+    )
+    cpus: int = Field(4, ge=1, le=256, description="CPUs the Job pod requests (and local Ray uses: --num-cpus).")
+    memory: Quantity = Field("8Gi", description="Memory of the Job pod (request and limit).")
+    shm_size: Quantity = Field("2Gi", description="Memory-backed /dev/shm of the Job pod (local Ray's object store).")
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="Extra requests/limits of the Job pod, merged over cpus and memory (no GPUs are needed).",
+    )
+
+
 class DatasetSpec(DatasetConfig):
     """Training conversations (OpenAI-style `messages` jsonl), read by the trainer pods."""
 
@@ -145,6 +225,13 @@ class DatasetSpec(DatasetConfig):
         max_length=253,
         pattern=DNS1123_SUBDOMAIN,
         description="PersistentVolumeClaim holding the dataset, mounted read-only at /data in the trainer pods.",
+    )
+    regenerate: RegenerateSpec | None = Field(
+        None,
+        description=(
+            "Regenerate the assistant turns with the target before training (a batch Job; phase Regenerating). "
+            "Needs trainer.output.claimName. Immutable."
+        ),
     )
 
 

@@ -31,6 +31,7 @@ class Phase(StrEnum):
 
     PENDING = "Pending"
     STARTING = "Starting"
+    REGENERATING = "Regenerating"
     RUNNING = "Running"
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
@@ -46,6 +47,7 @@ class ConditionType(StrEnum):
     CREATED = "Created"
     INFERENCE_READY = "InferenceReady"
     TRANSPORT_READY = "TransportReady"
+    REGENERATING = "Regenerating"
     TRAINER_READY = "TrainerReady"
     RUNNING = "Running"
     RESTARTING = "Restarting"
@@ -155,7 +157,9 @@ class GangStatus(StatusModel):
 class DSparkTrainingJobStatus(StatusModel):
     """Observed state of a DSpark draft training job."""
 
-    phase: Phase | None = Field(None, description="Pending, Starting, Running, Suspended, Succeeded or Failed.")
+    phase: Phase | None = Field(
+        None, description="Pending, Starting, Regenerating, Running, Suspended, Succeeded or Failed."
+    )
     conditions: list[Condition] = Field(
         default_factory=list, max_length=32, description="Conditions (metav1.Condition style), one per type."
     )

@@ -17,6 +17,7 @@ from dspark_trainer.config import (
 
 from dspark_operator.api.spec import DSparkTrainingJobSpec
 from dspark_operator.builders.common import BuildContext, Manifest, child_names, metadata, with_hash
+from dspark_operator.builders.regenerate_job import dataset_path_for_training
 from dspark_operator.constants import (
     COMPONENT_CONFIG,
     MOONCAKE_METADATA_PORT,
@@ -35,7 +36,10 @@ def render_trainer_config(spec: DSparkTrainingJobSpec, *, name: str, namespace: 
     return TrainerConfig(
         target=TargetConfig(model=spec.target.model, revision=spec.target.revision, dtype=spec.target.dtype),
         draft=spec.draft,
-        dataset=DatasetConfig.model_validate(spec.dataset.model_dump(exclude={"claim_name"})),
+        # With dataset.regenerate the trainer reads the regenerated output (written by the regeneration Job).
+        dataset=DatasetConfig.model_validate(
+            {**spec.dataset.model_dump(exclude={"claim_name", "regenerate"}), "path": dataset_path_for_training(spec)}
+        ),
         optimizer=spec.trainer.optimizer,
         schedule=spec.trainer.schedule,
         checkpoint=CheckpointConfig(

@@ -13,8 +13,10 @@ from dspark_operator.builders.trainer import build_trainer_service, build_traine
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet"})
 
 
-def build_children(ctx: BuildContext, *, scaled_up: bool = True) -> list[Manifest]:
-    """Every child manifest of the job: RBAC, config, Services and workloads (replicas 0 if not scaled_up)."""
+def build_children(ctx: BuildContext, *, scaled_up: bool = True, trainer_up: bool = True) -> list[Manifest]:
+    """Every child manifest of the job: RBAC, config, Services and workloads (replicas 0 if not scaled_up; the
+    trainer at 0 also while not trainer_up, e.g. during data regeneration). The regeneration Job is not among them:
+    it is created once, when wanted (see :mod:`dspark_operator.builders.regenerate_job`)."""
     zero = None if scaled_up else 0
     children = [
         build_service_account(ctx),
@@ -26,7 +28,7 @@ def build_children(ctx: BuildContext, *, scaled_up: bool = True) -> list[Manifes
         build_inference_service(ctx),
         build_inference_deployment(ctx, replicas=zero),
         build_trainer_service(ctx),
-        build_trainer_statefulset(ctx, replicas=zero),
+        build_trainer_statefulset(ctx, replicas=zero if trainer_up else 0),
     ]
     if ctx.spec.metrics.enabled and ctx.spec.metrics.pod_monitor and ctx.podmonitor_available:
         children.append(build_pod_monitor(ctx))

@@ -1,28 +1,29 @@
 """The data-regeneration Job (issue 9, part 3): a batch/v1 Job running ``dspark data regenerate`` against the
 job's own inference Service before training, writing the regenerated dataset to the output volume.
 
-Pure, like the other builders; NOT wired into ``build_children``/the reconciler yet. The integration plan
-(spec field, validation, ordering, status) is in docs/data.md, "On Kubernetes". Until ``spec.dataset.regenerate``
-exists in ``api/spec.py``, the settings model lives here (``RegenerateSpec``); move it there when wiring.
+Pure, like the other builders. The reconciler creates it (once the inference servers are ready) for jobs with
+``spec.dataset.regenerate``, keeps the trainer at zero replicas until it succeeds, and never updates it (a Job's pod
+template is immutable): it is created when missing and deleted when the job is suspended or fails while it runs.
 
 What the Job does: one pod (no GPU) with the trainer image starts a local Ray (``--num-cpus`` = the CPUs it
-requests), waits for the inference Service's ``/v1/models`` (the servers may still be loading the target), reads
-``spec.dataset.path`` (the dataset volume, read-only at /data), and writes sharded jsonl to
+requests) or joins ``rayAddress``, waits for the inference Service's ``/v1/models``, reads ``spec.dataset.path``
+(the dataset volume, read-only at /data, or a builtin dataset), and writes sharded jsonl to
 ``<output.mountPath>/<regenerate.outputDir>`` on the output volume, which the trainer then reads as its dataset.
 A pod that dies is replaced (``backoffLimit``) and resumes from the committed shards; a finished output makes a
-rerun a no-op. The counts go to the container's termination message (``/dev/termination-log``) for the operator.
+rerun a no-op. Exit code 2 (unreadable input, an output written with other settings) fails the Job at once (pod
+failure policy) instead of retrying. The counts go to the container's termination message for the operator.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
+from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
-from dspark_trainer.config import ConfigModel
-from pydantic import Field
-
-from dspark_operator.api.spec import ResourceRequirements
+from dspark_operator.api.spec import DSparkTrainingJobSpec, RegenerateSpec, ResourceRequirements
 from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
@@ -33,54 +34,48 @@ from dspark_operator.builders.common import (
     with_hash,
     workload_labels,
 )
-from dspark_operator.constants import DATA_MOUNT
+from dspark_operator.constants import COMPONENT_REGENERATE, DATA_MOUNT
 
-COMPONENT_REGENERATE = "regenerate"  # move to constants.py when wiring
+__all__ = [
+    "COMPONENT_REGENERATE",
+    "RegenerateSpec",
+    "build_regenerate_job",
+    "dataset_path_for_training",
+    "regenerate_args",
+    "regenerate_job_name",
+    "regenerated_dataset_path",
+]
+
 TERMINATION_LOG = "/dev/termination-log"
 SHM_MOUNT = "/dev/shm"
-
-
-class RegenerateSpec(ConfigModel):
-    """Regenerate the assistant turns of the dataset with the target itself before training (the published DSpark
-    recipe: temperature 0.7, top_p 0.8, top_k 20, thinking disabled). Proposed as `spec.dataset.regenerate`."""
-
-    output_dir: str = Field(
-        "regenerated", min_length=1, max_length=1024,
-        description="Directory under trainer.output.mountPath for the regenerated dataset (the trainer reads it).",
-    )
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
-    top_p: float = Field(0.8, gt=0, le=1, description="Nucleus sampling probability.")
-    top_k: int = Field(20, ge=-1, description="Top-k sampling (-1: off).")
-    max_tokens: int = Field(2048, ge=1, le=131072, description="Longest generated turn, in tokens.")
-    enable_thinking: bool = Field(False, description="Let the target think (chat_template_kwargs.enable_thinking).")
-    seed: int | None = Field(None, ge=0, description="Base seed for per-request seeds (reproducible reruns).")
-    reject_truncated: bool = Field(False, description="Reject a sample when a turn hits maxTokens.")
-    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Samples per output shard (the unit of resume).")
-    concurrency_per_replica: int = Field(
-        32, ge=1, le=4096, description="Requests in flight per inference replica (the Job multiplies by replicas)."
-    )
-    workers: int = Field(2, ge=1, le=64, description="Shards regenerated at a time.")
-    max_retries: int = Field(5, ge=0, le=100, description="Retries of a failed request (exponential back-off).")
-    request_timeout_seconds: float = Field(600.0, gt=0, description="Timeout of one request.")
-    wait_endpoints_seconds: float = Field(
-        1800.0, gt=0, description="How long the Job waits for the inference servers to answer /v1/models."
-    )
-    backoff_limit: int = Field(3, ge=0, le=100, description="Pod failures before the Job fails (each resumes).")
-    cpus: int = Field(4, ge=1, le=256, description="CPUs of the Job pod (requested; local Ray uses them).")
-    memory: str = Field("8Gi", min_length=1, description="Memory of the Job pod (request and limit).")
-    shm_size: str = Field("2Gi", min_length=1, description="Memory-backed /dev/shm for Ray's object store.")
-    resources: ResourceRequirements = Field(
-        default_factory=ResourceRequirements, description="Extra requests/limits, merged over cpus and memory."
-    )
+CONTAINER = "regenerate"
+# `dspark data regenerate` exits 2 for errors a retry cannot fix (bad input, output of another run, bad options).
+EXIT_NOT_RETRYABLE = 2
 
 
 def regenerate_job_name(ctx: BuildContext) -> str:
+    """``<job>-regenerate``."""
     return f"{ctx.name}-regenerate"
 
 
-def regenerated_dataset_path(ctx: BuildContext, regen: RegenerateSpec) -> str:
+def _regen_of(ctx: BuildContext, regen: RegenerateSpec | None) -> RegenerateSpec:
+    regen = regen if regen is not None else ctx.spec.dataset.regenerate
+    if regen is None:
+        raise ValueError("spec.dataset.regenerate is not set")
+    return regen
+
+
+def regenerated_dataset_path(ctx: BuildContext, regen: RegenerateSpec | None = None) -> str:
     """Where the regenerated dataset lands; the trainer config's ``dataset.path`` when regeneration is on."""
-    return posixpath.join(ctx.spec.trainer.output.mount_path, regen.output_dir)
+    return posixpath.join(ctx.spec.trainer.output.mount_path, _regen_of(ctx, regen).output_dir)
+
+
+def dataset_path_for_training(spec: DSparkTrainingJobSpec) -> str:
+    """The dataset the trainer reads: the regenerated output when ``dataset.regenerate`` is set, else dataset.path."""
+    regen = spec.dataset.regenerate
+    if regen is None:
+        return spec.dataset.path
+    return posixpath.join(spec.trainer.output.mount_path, regen.output_dir)
 
 
 def inference_endpoint(ctx: BuildContext) -> str:
@@ -88,21 +83,34 @@ def inference_endpoint(ctx: BuildContext) -> str:
     return f"http://{ctx.svc_host(ctx.names.inference)}:{ctx.spec.inference.port}"
 
 
-def _bytes(quantity: str) -> int:
-    """Bytes of a Kubernetes memory quantity (``2Gi``, ``512Mi``, ``1G``, ``1048576``)."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTPE]i?)?", quantity.strip())
+_SUFFIX = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    **{u: Decimal(1000) ** (i + 1) for i, u in enumerate("kMGTPE")},
+    **{f"{u}i": Decimal(1024) ** (i + 1) for i, u in enumerate("KMGTPE")},
+}
+_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?$")
+
+
+def quantity_bytes(quantity: int | str) -> int:
+    """The value of a Kubernetes quantity as a whole number (``2Gi``, ``512Mi``, ``1G``, ``1e9``, ``1048576``)."""
+    if isinstance(quantity, int):
+        return quantity
+    m = _QUANTITY.fullmatch(quantity.strip())
     if not m:
-        raise ValueError(f"not a memory quantity: {quantity!r}")
-    unit = m.group(2) or ""
-    powers = {"K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
-    factor = 1 if not unit else (1024 if unit.endswith("i") else 1000) ** powers[unit[0]]
-    return int(float(m.group(1)) * factor)
+        raise ValueError(f"not a quantity: {quantity!r}")
+    number = Decimal(m.group(1))
+    if m.group(2):
+        number *= Decimal(10) ** int(m.group(2)[1:])
+    return int(number * _SUFFIX[m.group(3) or ""])
 
 
-def regenerate_args(ctx: BuildContext, regen: RegenerateSpec) -> list[str]:
-    """Arguments of ``dspark`` in the Job's container."""
+def regenerate_args(ctx: BuildContext, regen: RegenerateSpec | None = None) -> list[str]:
+    """Arguments of ``dspark`` in the Job's container (flags of ``dspark data regenerate``)."""
+    regen = _regen_of(ctx, regen)
     replicas = ctx.spec.inference.replicas
-    object_store = max(64 << 20, int(_bytes(regen.shm_size) * 0.8))
     args = [
         "data", "regenerate",
         "--input", ctx.spec.dataset.path,
@@ -120,11 +128,15 @@ def regenerate_args(ctx: BuildContext, regen: RegenerateSpec) -> list[str]:
         "--max-retries", str(regen.max_retries),
         "--request-timeout", str(regen.request_timeout_seconds),
         "--wait-endpoints", str(regen.wait_endpoints_seconds),
-        "--num-cpus", str(regen.cpus),
-        "--object-store-memory", str(object_store),
         "--summary-to", TERMINATION_LOG,
         "--no-progress",
     ]
+    if regen.ray_address:
+        args += ["--ray-address", regen.ray_address]
+    else:
+        # Local Ray in the pod: its CPUs, and an object store inside the memory-backed /dev/shm.
+        object_store = max(64 << 20, int(quantity_bytes(regen.shm_size) * 0.8))
+        args += ["--num-cpus", str(regen.cpus), "--object-store-memory", str(object_store)]
     if regen.enable_thinking:
         args.append("--enable-thinking")
     if regen.seed is not None:
@@ -134,8 +146,9 @@ def regenerate_args(ctx: BuildContext, regen: RegenerateSpec) -> list[str]:
     return args
 
 
-def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec, *, suspend: bool = False) -> Manifest:
-    """The regeneration Job of a DSparkTrainingJob."""
+def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec | None = None, *, suspend: bool = False) -> Manifest:
+    """The regeneration Job of a DSparkTrainingJob (``regen`` defaults to its ``spec.dataset.regenerate``)."""
+    regen = _regen_of(ctx, regen)
     out = ctx.spec.trainer.output
     volume_mounts: list[dict[str, Any]] = [
         {"name": "output", "mountPath": out.mount_path},
@@ -158,8 +171,8 @@ def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec, *, suspend: b
         limits={"memory": regen.memory, **regen.resources.limits},
     )
     container: dict[str, Any] = {
-        "name": "regenerate",
-        "image": ctx.spec.trainer.image or ctx.trainer_image,
+        "name": CONTAINER,
+        "image": regen.image or ctx.spec.trainer.image or ctx.trainer_image,
         "command": ["dspark"],
         "args": regenerate_args(ctx, regen),
         "env": [
@@ -179,7 +192,22 @@ def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec, *, suspend: b
             "metadata": metadata(ctx, regenerate_job_name(ctx), COMPONENT_REGENERATE, workload=True),
             "spec": {
                 "backoffLimit": regen.backoff_limit,
+                **({"activeDeadlineSeconds": regen.active_deadline_seconds} if regen.active_deadline_seconds else {}),
                 "suspend": suspend,
+                "podFailurePolicy": {
+                    "rules": [
+                        {
+                            "action": "FailJob",
+                            "onExitCodes": {
+                                "containerName": CONTAINER,
+                                "operator": "In",
+                                "values": [EXIT_NOT_RETRYABLE],
+                            },
+                        },
+                        # A pod evicted or preempted (node drain, ...) is replaced without counting as a failure.
+                        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    ]
+                },
                 "template": {
                     "metadata": {"labels": workload_labels(ctx, COMPONENT_REGENERATE)},
                     "spec": {
@@ -196,3 +224,47 @@ def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec, *, suspend: b
         }
     )
 
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the Job back (pure)
+
+
+def job_conditions(job: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The Job's True conditions by type (Complete, Failed, SuccessCriteriaMet, FailureTarget, Suspended)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("status") == "True" and cond.get("type"):
+            out[str(cond["type"])] = cond
+    return out
+
+
+def summary_from_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The counts a succeeded regeneration pod wrote to its termination message (``--summary-to``), if any."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") != CONTAINER:
+            continue
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        message = str(terminated.get("message") or "").strip()
+        for line in reversed(message.splitlines()):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                return data
+    return None
+
+
+def describe_summary(summary: Mapping[str, Any] | None) -> str:
+    """A short sentence from the termination-message counts (empty when there are none)."""
+    if not summary:
+        return ""
+    written = summary.get("total_written", summary.get("written"))
+    rejected = summary.get("total_rejected", summary.get("rejected"))
+    parts = []
+    if isinstance(written, int):
+        parts.append(f"{written} samples written")
+    if isinstance(rejected, int):
+        parts.append(f"{rejected} rejected")
+    return ", ".join(parts)
