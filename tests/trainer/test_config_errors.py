@@ -10,12 +10,12 @@ import pytest
 from dspark_trainer.cli import main as cli_main
 from dspark_trainer.config.training import ConfigError, TrainerConfig
 from dspark_trainer.runtime.preflight import plan_run
-from trainer_helpers import make_standin_target, write_config
+from trainer_helpers import make_small_target, write_config
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path: Path = make_standin_target(tmp_path_factory.mktemp("target"))  # 4 layers
+    path: Path = make_small_target(tmp_path_factory.mktemp("target"))  # 4 layers
     return path
 
 

@@ -1,5 +1,5 @@
-"""The distributed runtime on CPU (gloo) with a stand-in draft: micro-batch/rank equivalence, resume
-after a killed worker, SIGTERM checkpoints, completion behaviour, metrics."""
+"""The distributed runtime on CPU (gloo) with the DSpark draft and inline capture (the target runs in each
+rank): micro-batch/rank equivalence, resume after a killed worker, SIGTERM checkpoints, completion."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from dspark_trainer.runtime.sample_log import read_sample_log
 from safetensors.torch import load_file
-from trainer_helpers import make_standin_target, standin_env, torchrun_cmd, worker_pids, write_config
+from trainer_helpers import make_small_target, torchrun_cmd, trainer_env, worker_pids, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +23,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("target")
-    make_standin_target(path)
+    make_small_target(path)
     return path
 
 
 def base_config(root: Path, target: Path, **overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "target": {"model": str(target), "dtype": "float32"},
-        "draft": {"targetLayerIds": [0, 2]},
+        "draft": {"targetLayerIds": [0, 2], "blockSize": 4, "numDraftLayers": 1, "numAnchors": 16, "markovRank": 8},
         "dataset": {"path": "builtin:demo-conversations", "maxLength": 96, "evalFraction": 0.05},
         "schedule": {"microBatchSize": 1, "globalBatchSize": 4, "maxSteps": 12, "seed": 1},
         "optimizer": {"learningRate": 3e-3, "warmupRatio": 0.1},
@@ -52,7 +52,7 @@ def base_config(root: Path, target: Path, **overrides: Any) -> dict[str, Any]:
 def run_torchrun(root: Path, cfg: dict[str, Any], nproc: int, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     root.mkdir(parents=True, exist_ok=True)
     path = write_config(root / "config.yaml", cfg)
-    proc = subprocess.run(torchrun_cmd(path, nproc), env=standin_env(), capture_output=True, text=True,
+    proc = subprocess.run(torchrun_cmd(path, nproc), env=trainer_env(), capture_output=True, text=True,
                           timeout=timeout, cwd=root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -86,11 +86,9 @@ def test_one_rank_two_micro_batches_equals_two_ranks_one_each(tmp_path: Path, ta
     marker_two = json.loads((two / "out" / "dspark_complete.json").read_text())
     assert marker_one["loss"] == pytest.approx(marker_two["loss"], rel=1e-6)
     w1, w2 = weights(one), weights(two)
-    initial = weights(one)  # frozen tensors are untouched; trainable ones moved
-    assert w1.keys() == w2.keys()
+    assert w1.keys() == w2.keys() and "layers.0.self_attn.q_proj.weight" in w1
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], rtol=1e-5, atol=1e-6)
-    assert initial["layers.0.proj.weight"].abs().sum() > 0
 
 
 def test_killed_worker_resumes_and_uses_every_sample_as_often(
@@ -99,7 +97,7 @@ def test_killed_worker_resumes_and_uses_every_sample_as_often(
     root = tmp_path / "killed"
     root.mkdir()
     path = write_config(root / "config.yaml", base_config(root, target_dir))
-    proc = subprocess.Popen(torchrun_cmd(path, 2, max_restarts=2), env=standin_env(), cwd=root,
+    proc = subprocess.Popen(torchrun_cmd(path, 2, max_restarts=2), env=trainer_env(), cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log1 = root / "samples" / "rank-00001.jsonl"
     deadline = time.time() + 120
@@ -130,7 +128,7 @@ def test_sigterm_checkpoints_then_a_restart_finishes_the_same_run(
     root = tmp_path / "sigterm"
     root.mkdir()
     path = write_config(root / "config.yaml", base_config(root, target_dir, checkpoint={"intervalSteps": 100}))
-    proc = subprocess.Popen(torchrun_cmd(path, 2), env=standin_env(), cwd=root,
+    proc = subprocess.Popen(torchrun_cmd(path, 2), env=trainer_env(), cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log0 = root / "samples" / "rank-00000.jsonl"
     deadline = time.time() + 120
@@ -171,7 +169,7 @@ def test_completed_run_stays_alive_serves_metrics_and_is_not_trained_again(
     import sys
 
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dspark"), "train", "--config", str(path)],
-                            env=standin_env(), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=trainer_env(), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60
         progress: dict[str, Any] = {}

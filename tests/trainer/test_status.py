@@ -11,7 +11,7 @@ import pytest
 from dspark_trainer.config.training import TrainerConfig
 from dspark_trainer.runtime import main as runtime_main
 from dspark_trainer.runtime.dist import free_port
-from trainer_helpers import make_standin_target
+from trainer_helpers import make_small_target
 
 
 class FakeReporter:
@@ -49,7 +49,7 @@ class FakeReporter:
 @pytest.fixture
 def one_rank_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(free_port()), "DSPARK_DRAFT_API": "standin_draft:StandinDraftAPI"}.items():
+                       "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(key, value)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     yield
@@ -58,10 +58,10 @@ def one_rank_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def config(tmp_path: Path, **runtime: Any) -> TrainerConfig:
-    target = make_standin_target(tmp_path / "target")
+    target = make_small_target(tmp_path / "target")
     return TrainerConfig.model_validate({
         "target": {"model": str(target), "dtype": "float32"},
-        "draft": {"targetLayerIds": [0, 2]},
+        "draft": {"targetLayerIds": [0, 2], "blockSize": 4, "numDraftLayers": 1, "numAnchors": 8, "markovRank": 8},
         "dataset": {"path": "builtin:demo-conversations", "maxLength": 64, "evalFraction": 0.02},
         "schedule": {"globalBatchSize": 2, "maxSteps": 4},
         "checkpoint": {"dir": str(tmp_path / "ckpt"), "intervalSteps": 100},

@@ -37,7 +37,7 @@ def make_char_tokenizer(template: str = QWEN3_LIKE_TEMPLATE) -> Any:
     return fast
 
 
-def make_standin_target(path: Any, hidden: int = 32, layers: int = 4, seed: int = 0) -> Any:
+def make_small_target(path: Any, hidden: int = 32, layers: int = 4, seed: int = 0) -> Any:
     """A tiny random Qwen3 causal LM with the character tokenizer, saved under ``path``."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -59,14 +59,13 @@ TESTS_DIR = __import__("pathlib").Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent.parent
 
 
-def standin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of a trainer subprocess that uses the stand-in draft API."""
+def trainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a trainer subprocess (one CPU thread per rank)."""
     import os
     import sys
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["DSPARK_DRAFT_API"] = "standin_draft:StandinDraftAPI"
     env["OMP_NUM_THREADS"] = "1"
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.update(extra or {})

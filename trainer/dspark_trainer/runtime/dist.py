@@ -49,6 +49,23 @@ def choose_device(kind: Literal["auto", "cpu", "cuda"], local_rank: int) -> torc
     return torch.device("cpu")
 
 
+def attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun's agent store, a store namespace of its own for this restart attempt.
+
+    With a static rendezvous (``--master-addr/--master-port``) torchrun keeps ONE store across
+    ``--max-restarts`` restarts, and the process group of a restarted gang would read the previous
+    attempt's peer addresses from it (gloo then connects to a dead worker's port). A prefix per
+    ``TORCHELASTIC_RESTART_COUNT`` keeps the attempts apart.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"dspark/attempt_{restart}", client)
+
+
 def init_distributed(device_kind: Literal["auto", "cpu", "cuda"], timeout_seconds: float) -> DistContext:
     """Join (or create) the default process group."""
     if "RANK" not in os.environ:
@@ -62,9 +79,13 @@ def init_distributed(device_kind: Literal["auto", "cpu", "cuda"], timeout_second
     device = choose_device(device_kind, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_seconds)}
+        timeout = datetime.timedelta(seconds=timeout_seconds)
+        kwargs: dict[str, Any] = {"timeout": timeout}
         if device.type == "cuda":
             kwargs["device_id"] = device
+        store = attempt_store(world_size, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world_size)
         dist.init_process_group(backend=backend, **kwargs)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
 

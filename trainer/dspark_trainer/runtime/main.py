@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
+import faulthandler
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -21,8 +22,6 @@ from dspark_trainer.runtime.status import StatusSink, make_status_sink
 log = logging.getLogger("dspark.trainer")
 
 EXIT_ENV = "DSPARK_EXIT_ON_COMPLETE"
-# Test hook: "module:attribute" of an object implementing DraftAPI, replacing the DSpark one.
-DRAFT_API_ENV = "DSPARK_DRAFT_API"
 
 
 def env_flag(name: str) -> bool:
@@ -39,12 +38,6 @@ def setup_logging(rank: int) -> None:
 
 
 def load_draft_api() -> DraftAPI:
-    spec = os.environ.get(DRAFT_API_ENV)
-    if spec:
-        module_name, _, attr = spec.partition(":")
-        obj: Any = getattr(importlib.import_module(module_name), attr)
-        api: DraftAPI = obj() if isinstance(obj, type) else obj
-        return api
     from dspark_trainer.runtime.draft_dspark import DSparkDraftAPI
 
     return DSparkDraftAPI()
@@ -83,6 +76,7 @@ def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     setup_logging(rank)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints every thread's stack
     if exit_on_complete is None:
         exit_on_complete = config.runtime.exit_on_complete or env_flag(EXIT_ENV)
     stop = StopRequest()
