@@ -165,6 +165,9 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--target-layers", type=int, default=8)
     parser.add_argument("--conversations", type=int, default=600)
+    parser.add_argument("--segment-mib", type=int, default=8192,
+                        help="Mooncake global segment of the capture server (the demo's 256 MiB holds 2 samples)")
+    parser.add_argument("--buffer-mib", type=int, default=1024, help="Mooncake local transfer buffer per process")
     parser.add_argument("--workdir", default="runs/pipeline-gpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -195,6 +198,10 @@ def main() -> int:
     cfg["dataset"] = {**cfg["dataset"], "path": str(data), "evalFraction": 0.01}
     cfg["eval"] = {**cfg["eval"], "maxSamples": 2 * args.nproc}
     cfg["runtime"] = {**cfg["runtime"], "logIntervalSteps": 1}
+    # one sample carries T x 5 x 4096 bf16 states + T x 4096 (~100 MB at T = 2048): the demo's 256 MiB
+    # store fills with 2-3 of them and the capture server answers 503 store_full
+    cfg["transport"] = {**cfg["transport"], "globalSegmentSize": args.segment_mib << 20,
+                        "localBufferSize": args.buffer_mib << 20}
     config_path = workdir / "pipeline-config.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     if args.device == "cuda" and args.capture_gpu is not None:
