@@ -118,3 +118,22 @@ def test_ranks_need_samples(char_tokenizer: Any, write_jsonl: Any) -> None:
 def test_bundled_dataset_matches_its_generator() -> None:
     assert DEMO_DATASET.read_text() == demo_dataset.to_jsonl(demo_dataset.generate())
     assert len(load_dataset(str(DEMO_DATASET))) == demo_dataset.DEFAULT_COUNT
+
+
+def test_record_store_reads_lines_on_demand(tmp_path: Path) -> None:
+    import json
+
+    from dspark_trainer.data.records import RecordStore, record_uid
+
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"id": "x", "messages": conv("é?", "ü!")}) + "\n\n"
+                 + json.dumps({"messages": conv("q2", "a2")}) + "\n", encoding="utf-8")
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps({"id": 7, "messages": conv("q3", "a3")}) + "\n")
+    store = RecordStore([a, b])
+    assert len(store) == 3 and store.uids == ["x", "a.jsonl:3", "7"]
+    assert store[2].messages[1]["content"] == "a3" and store[0].messages[0]["content"] == "é?"
+    assert store[-2].uid == "a.jsonl:3" and [r.uid for r in store[1:]] == ["a.jsonl:3", "7"]
+    train, held = split_records(store, 0.5)
+    assert sorted([record_uid(train, i) for i in range(len(train))] + [r.uid for r in held]) == sorted(store.uids)
+    store.close()

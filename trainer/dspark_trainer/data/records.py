@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import glob
 import json
+import threading
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, overload
 
 from dspark_trainer.assets import BUILTIN_DATASETS, BUILTIN_PREFIX
 
@@ -74,27 +77,119 @@ def parse_record(line: str, default_uid: str, where: str) -> ConversationRecord:
     return ConversationRecord(uid=uid, messages=_check_messages(obj["messages"], where))
 
 
+class RecordStore(Sequence[ConversationRecord]):
+    """The records of jsonl files, indexed once and read on demand.
+
+    Indexing parses every line once (validating it and taking its id) but keeps only the id and the
+    line's byte offset, so a rank holds a few dozen bytes per record instead of the conversation;
+    ``store[i]`` seeks to the line and parses it again.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+        self._file_of = array("i")
+        self._offset_of = array("q")
+        self._line_of = array("i")
+        self.uids: list[str] = []
+        self._handles: dict[int, BinaryIO] = {}
+        self._lock = threading.Lock()
+        seen: dict[str, int] = {}
+        for file_idx, path in enumerate(self.paths):
+            with path.open("rb") as fh:
+                offset = 0
+                for lineno, raw in enumerate(fh, start=1):
+                    line = raw.decode("utf-8")
+                    if line.strip():
+                        where = f"{path}:{lineno}"
+                        rec = parse_record(line, default_uid=f"{path.name}:{lineno}", where=where)
+                        if rec.uid in seen:
+                            first = seen[rec.uid]
+                            raise DatasetError(
+                                f"{where}: duplicate record id {rec.uid!r} (first at "
+                                f"{self.paths[self._file_of[first]]}:{self._line_of[first]})"
+                            )
+                        seen[rec.uid] = len(self.uids)
+                        self._file_of.append(file_idx)
+                        self._offset_of.append(offset)
+                        self._line_of.append(lineno)
+                        self.uids.append(rec.uid)
+                    offset += len(raw)
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @overload
+    def __getitem__(self, index: int) -> ConversationRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ConversationRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> ConversationRecord | list[ConversationRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        file_idx = self._file_of[index]
+        with self._lock:
+            fh = self._handles.get(file_idx)
+            if fh is None:
+                fh = self._handles[file_idx] = self.paths[file_idx].open("rb")
+            fh.seek(self._offset_of[index])
+            line = fh.readline().decode("utf-8")
+        where = f"{self.paths[file_idx]}:{self._line_of[index]}"
+        rec = parse_record(line, default_uid=self.uids[index], where=where)
+        return ConversationRecord(uid=self.uids[index], messages=rec.messages)
+
+    def close(self) -> None:
+        with self._lock:
+            for fh in self._handles.values():
+                fh.close()
+            self._handles.clear()
+
+
+class RecordSubset(Sequence[ConversationRecord]):
+    """Some records of a sequence, by position (the train or eval split)."""
+
+    def __init__(self, base: Sequence[ConversationRecord], positions: Sequence[int]) -> None:
+        self.base = base
+        self.positions = list(positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @overload
+    def __getitem__(self, index: int) -> ConversationRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ConversationRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> ConversationRecord | list[ConversationRecord]:
+        if isinstance(index, slice):
+            return [self.base[self.positions[i]] for i in range(*index.indices(len(self)))]
+        return self.base[self.positions[index]]
+
+
+def record_uid(records: Sequence[ConversationRecord], index: int) -> str:
+    """A record's id without reading the record when the sequence is a store."""
+    if isinstance(records, RecordStore):
+        return records.uids[index]
+    if isinstance(records, RecordSubset):
+        return record_uid(records.base, records.positions[index])
+    return records[index].uid
+
+
 def read_records(paths: list[Path]) -> list[ConversationRecord]:
-    """All records of the files, in file order then line order; duplicate ids are an error."""
-    records: list[ConversationRecord] = []
-    seen: dict[str, str] = {}
-    for path in paths:
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                rec = parse_record(line, default_uid=f"{path.name}:{lineno}", where=where)
-                if rec.uid in seen:
-                    raise DatasetError(f"{where}: duplicate record id {rec.uid!r} (first at {seen[rec.uid]})")
-                seen[rec.uid] = where
-                records.append(rec)
-    return records
+    """All records of the files, in memory (file order, then line order); duplicate ids are an error."""
+    store = RecordStore(paths)
+    try:
+        return list(store)
+    finally:
+        store.close()
 
 
-def load_dataset(path: str, field: str = "dataset.path") -> list[ConversationRecord]:
-    """Resolve and read a dataset; an empty one is an error naming ``field``."""
-    records = read_records(resolve_dataset_paths(path, field))
-    if not records:
+def load_dataset(path: str, field: str = "dataset.path") -> RecordStore:
+    """Resolve and index a dataset; an empty one is an error naming ``field``."""
+    store = RecordStore(resolve_dataset_paths(path, field))
+    if not len(store):
         raise DatasetError(f"{field}: {path} holds no conversations")
-    return records
+    return store

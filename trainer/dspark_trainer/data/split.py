@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from dspark_trainer.data.records import ConversationRecord
+from dspark_trainer.data.records import ConversationRecord, RecordSubset, record_uid
 
 
 def id_unit_interval(uid: str) -> float:
@@ -17,10 +17,10 @@ def id_unit_interval(uid: str) -> float:
 
 def split_records(
     records: Sequence[ConversationRecord], eval_fraction: float
-) -> tuple[list[ConversationRecord], list[ConversationRecord]]:
-    """(train, eval) in the original order."""
-    train: list[ConversationRecord] = []
-    held_out: list[ConversationRecord] = []
-    for rec in records:
-        (held_out if id_unit_interval(rec.uid) < eval_fraction else train).append(rec)
-    return train, held_out
+) -> tuple[RecordSubset, RecordSubset]:
+    """(train, eval) views in the original order (records are not read, only their ids)."""
+    train: list[int] = []
+    held_out: list[int] = []
+    for i in range(len(records)):
+        (held_out if id_unit_interval(record_uid(records, i)) < eval_fraction else train).append(i)
+    return RecordSubset(records, train), RecordSubset(records, held_out)

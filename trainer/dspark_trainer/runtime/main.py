@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
@@ -76,7 +77,8 @@ def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     setup_logging(rank)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints every thread's stack
+    with contextlib.suppress(OSError, ValueError):  # no real stderr (e.g. captured): no stack dumps
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints every thread's stack
     if exit_on_complete is None:
         exit_on_complete = config.runtime.exit_on_complete or env_flag(EXIT_ENV)
     stop = StopRequest()

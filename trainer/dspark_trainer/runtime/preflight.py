@@ -4,6 +4,7 @@ model or server starts, and reported as a ConfigError that names the field."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from dspark_trainer.data.tokenize import ChatTokenizer
 class RunPlan:
     """What preflight resolved: data splits, tokenizer, layer ids, step counts."""
 
-    train: list[ConversationRecord]
-    held_out: list[ConversationRecord]
+    train: Sequence[ConversationRecord]
+    held_out: Sequence[ConversationRecord]
     chat_tokenizer: ChatTokenizer
     target_config: Any
     layer_ids: list[int]
@@ -93,6 +94,8 @@ def plan_run(config: TrainerConfig, world_size: int) -> RunPlan:
         raise ConfigError("capture.endpoints: at least one capture server URL is needed when capture.mode is remote")
     try:
         records = load_dataset(config.dataset.path, "dataset.path")
+        train: Sequence[ConversationRecord]
+        held_out: Sequence[ConversationRecord]
         if config.dataset.eval_path:
             train, held_out = records, load_dataset(config.dataset.eval_path, "dataset.evalPath")
         else:
