@@ -31,7 +31,7 @@ system-deps:
 cluster-bins: venv
 	scripts/build-cluster-binaries.sh
 
-demo: venv
+demo: venv system-deps
 	$(VENV)/bin/dspark train --local
 
 test: venv system-deps cluster-bins

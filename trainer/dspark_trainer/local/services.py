@@ -98,7 +98,10 @@ def start_mooncake(
     try:
         master.start()
     except (RuntimeError, FileNotFoundError) as exc:
-        raise ServiceError(f"the Mooncake master did not start: {exc}") from None
+        hint = ""
+        if "libibverbs" in str(exc) or "librdmacm" in str(exc) or "libnuma" in str(exc):
+            hint = "\nMooncake needs Debian's libibverbs1 librdmacm1 libnuma1: run `make system-deps`."
+        raise ServiceError(f"the Mooncake master did not start: {exc}{hint}") from None
     return cfg.transport.model_copy(update={
         "protocol": "tcp",
         "master_address": master.address,
