@@ -297,11 +297,14 @@ def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
                             labels={"namespace": jobs_ns, "dspark_job": JOB, "component": component})
         prom.wait_for_targets_up(timeout=120)
 
-        k8s_cluster.wait_until(lambda: job_phase(k8s_cluster, jobs_ns, "runs") == "Running", timeout=120,
+        k8s_cluster.wait_until(lambda: job_phase(k8s_cluster, jobs_ns, "runs") == "Running", timeout=300,
                                what=f"job runs to be Running\n{operator.log_tail()}")
-        k8s_cluster.wait_until(lambda: job_phase(k8s_cluster, jobs_ns, "invalid") == "Failed", timeout=60,
-                               what="job invalid to be Failed")
-        k8s_cluster.kubectl("delete", "pod", "-n", jobs_ns, "runs-trainer-0", "--wait=false")
+        k8s_cluster.wait_until(lambda: job_phase(k8s_cluster, jobs_ns, "invalid") == "Failed", timeout=300,
+                               what=f"job invalid to be Failed\n{operator.log_tail()}")
+        trainer_pod = f"/api/v1/namespaces/{jobs_ns}/pods/runs-trainer-0"
+        k8s_cluster.wait_until(lambda: k8s_cluster.api("GET", trainer_pod)[0] == 200, timeout=120,
+                               what="trainer pod runs-trainer-0")
+        k8s_cluster.kubectl("delete", "pod", "-n", jobs_ns, "runs-trainer-0", "--wait=false")  # a gang restart
 
         def reported() -> bool:
             run._alive()
