@@ -8,12 +8,12 @@ are exactly ``hidden_states[i + 1]`` and ``hidden_states[-1]`` of a transformers
 
 Batching and exactness: sequences are batched only with sequences of the SAME length, stacked
 without padding or attention mask (``batch_mode="equal_length"``), or run one by one
-(``"per_sample"``). Right-padding with an attention mask changes the numerics (tested: bf16
+(``"per_sample"``). Right-padding with an attention mask changes the numerics (measured: bf16
 outputs differ in the last bits), so it is never used. Stacking equal-length sequences gave
-bit-identical results to single-sequence forwards with torch 2.11 on CPU in every case tested;
-that depends on the matmul kernels choosing the same reduction order for every batch size, which
-no library promises (GPU kernels in particular may not), so `per_sample` is the mode to use when
-bit-identity with a single forward must hold by construction.
+bit-identical results to single-sequence forwards with torch 2.11 on CPU in every case tested, but
+NOT on an H200 (at T=64 the stacked results differed; at T=2048 they matched): it depends on the
+matmul kernels using the same reduction order for every batch size, which no library promises. So
+``"auto"`` (the default) is ``per_sample`` on CUDA, exact by construction, and ``equal_length`` on CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-BatchMode = Literal["equal_length", "per_sample"]
+BatchMode = Literal["auto", "equal_length", "per_sample"]
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -93,15 +93,17 @@ class CaptureEngine:
         dtype: str = "bfloat16",
         device: str = "cpu",
         max_seq_len: int | None = None,
-        batch_mode: BatchMode = "equal_length",
+        batch_mode: BatchMode = "auto",
         num_layer_ids: int = 5,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if batch_mode not in ("equal_length", "per_sample"):
-            raise ValueError(f"batch_mode must be equal_length or per_sample, got {batch_mode!r}")
+        if batch_mode not in ("auto", "equal_length", "per_sample"):
+            raise ValueError(f"batch_mode must be auto, equal_length or per_sample, got {batch_mode!r}")
         self.torch_dtype = DTYPES[dtype]
         self.device = torch.device(device)
+        if batch_mode == "auto":
+            batch_mode = "per_sample" if self.device.type == "cuda" else "equal_length"
         self.batch_mode: BatchMode = batch_mode
         if isinstance(model, nn.Module):
             module = model

@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     http.add_argument("--max-batch-tokens", type=int, default=32768, help="tokens per batch (32768)")
     http.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits to fill (5 ms)")
     http.add_argument(
-        "--batch-mode", choices=["equal_length", "per_sample"], default="equal_length",
-        help="equal_length: stack same-length requests into one forward; per_sample: one forward each",
+        "--batch-mode", choices=["auto", "equal_length", "per_sample"], default="auto",
+        help="equal_length: stack same-length requests into one forward; per_sample: one forward each "
+        "(exact by construction); auto: per_sample on CUDA, equal_length on CPU",
     )
 
     mc = parser.add_argument_group("Mooncake transport")
