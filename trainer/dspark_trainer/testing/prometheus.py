@@ -203,7 +203,8 @@ class PrometheusServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
             status, _ = self._request("GET", "/-/ready", timeout=2)
-            return status == 200
+            # The answer must come from this server, not another one already on the port.
+            return status == 200 and self.api("/api/v1/status/flags").get("config.file") == str(self.config_path)
 
         try:
             poll(ready, timeout=timeout, what=f"prometheus ready at {self.url}", detail=self.log_tail)
@@ -358,13 +359,6 @@ class PrometheusServer:
     def alerts(self) -> list[dict[str, Any]]:
         """Pending and firing alerts."""
         return list(self.api("/api/v1/alerts")["alerts"])
-
-
-def sample_value(result: Sequence[Mapping[str, Any]]) -> float:
-    """The value of the first sample of an instant-query result."""
-    if not result:
-        raise PrometheusError("empty result")
-    return float(result[0]["value"][1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
