@@ -276,7 +276,59 @@ async def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _wake_owner_job(body, memo)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
 async def batch_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The data-regeneration Job changed (started, a pod failed, Complete, Failed): check the job now."""
     _wake_owner_job(body, memo)
+
+
+def register_batch_job_watch() -> None:
+    """Watch the operator's batch Jobs (data regeneration). Registered only when the operator may list and watch
+    them (see :func:`batch_jobs_watchable`): Kopf stops the whole operator when a watch keeps failing with 403, and
+    the Helm chart can leave batch permissions out (``rbac.batchJobs=false``)."""
+    kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})(batch_job_event)
+
+
+def batch_jobs_watchable(namespaces: tuple[str, ...], authorization: Any = None) -> bool:
+    """Whether the operator's credentials allow list + watch of batch Jobs (cluster-wide, or in every namespace).
+
+    Asks the API server with SelfSubjectAccessReviews (allowed for every authenticated user); when it cannot be
+    asked (no answer), assume yes. ``authorization``: a ``kubernetes.client.AuthorizationV1Api`` (tests pass a fake).
+    """
+    if authorization is None:
+        try:
+            from kubernetes import client as k8s_client
+
+            authorization = k8s_client.AuthorizationV1Api(k8s_client.ApiClient(load_configuration()))
+        except Exception:
+            log.warning("cannot check the batch Job permissions; watching batch Jobs", exc_info=True)
+            return True
+    for namespace in namespaces or (None,):
+        for verb in ("list", "watch"):
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {
+                    "resourceAttributes": {
+                        "group": "batch",
+                        "resource": "jobs",
+                        "verb": verb,
+                        **({"namespace": namespace} if namespace else {}),
+                    }
+                },
+            }
+            try:
+                answer = authorization.create_self_subject_access_review(review)
+            except Exception:
+                log.warning("cannot check the batch Job permissions; watching batch Jobs", exc_info=True)
+                return True
+            status = answer.get("status") if isinstance(answer, dict) else getattr(answer, "status", None)
+            allowed = status.get("allowed") if isinstance(status, dict) else getattr(status, "allowed", None)
+            if not allowed:
+                log.warning(
+                    "no permission to %s batch Jobs%s: not watching them; jobs with dataset.regenerate cannot run "
+                    "(Helm chart: rbac.batchJobs=true)",
+                    verb,
+                    f" in namespace {namespace}" if namespace else "",
+                )
+                return False
+    return True

@@ -79,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # Kopf logs every handler call of every watch event at INFO; the operator logs what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    import dspark_operator.handlers  # noqa: F401  (registers the handlers)
+    from dspark_operator import handlers  # registers the handlers
+
+    if handlers.batch_jobs_watchable(settings.namespaces):
+        handlers.register_batch_job_watch()
 
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
     kopf.run(

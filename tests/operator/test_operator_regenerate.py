@@ -565,3 +565,36 @@ def test_reconciler_deletes_a_running_job_when_the_training_job_stops() -> None:
         assert conds(api.objects[DSJ_PATH]["status"])["Failed"]["reason"] == "DeadlineExceeded"
 
     asyncio.run(scenario())
+
+
+# ----------------------------------------------------------------------------------- batch Job watch permission
+
+
+class FakeAuthorization:
+    def __init__(self, denied: set[tuple[str | None, str]] | None = None, fail: bool = False) -> None:
+        self.denied = denied or set()
+        self.fail = fail
+        self.asked: list[tuple[str | None, str]] = []
+
+    def create_self_subject_access_review(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.fail:
+            raise ConnectionError("no API server")
+        attrs = body["spec"]["resourceAttributes"]
+        assert (attrs["group"], attrs["resource"]) == ("batch", "jobs")
+        key = (attrs.get("namespace"), attrs["verb"])
+        self.asked.append(key)
+        return {"status": {"allowed": key not in self.denied}}
+
+
+def test_batch_jobs_are_watched_only_when_allowed() -> None:
+    from dspark_operator.handlers import batch_jobs_watchable
+
+    auth = FakeAuthorization()
+    assert batch_jobs_watchable((), auth)
+    assert auth.asked == [(None, "list"), (None, "watch")]
+    auth = FakeAuthorization()
+    assert batch_jobs_watchable(("a", "b"), auth)
+    assert auth.asked == [("a", "list"), ("a", "watch"), ("b", "list"), ("b", "watch")]
+    assert not batch_jobs_watchable(("a", "b"), FakeAuthorization({("b", "watch")}))
+    assert not batch_jobs_watchable((), FakeAuthorization({(None, "list")}))
+    assert batch_jobs_watchable((), FakeAuthorization(fail=True)), "unknown: watch (as before the check existed)"

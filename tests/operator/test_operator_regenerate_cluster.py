@@ -201,3 +201,25 @@ def test_api_server_enforces_the_regenerate_rules(dsj_env: OperatorEnv, k8s_name
         json.dumps({"spec": {"dataset": {"regenerate": {}}, "trainer": {"output": {"claimName": "x"}}}}), check=False,
     )  # fmt: skip
     assert proc.returncode != 0 and "dataset.regenerate is immutable" in proc.stderr, proc.stderr
+
+
+def test_batch_job_permission_check_against_the_api_server(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
+    """The operator watches batch Jobs only with permission to (a chart with rbac.batchJobs=false must not stop it)."""
+    from dspark_operator.handlers import batch_jobs_watchable
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    env, ns = dsj_env, k8s_namespace
+    admin = k8s_client.Configuration()
+    k8s_config.load_kube_config(config_file=str(env.cluster.kubeconfig), client_configuration=admin)
+    assert batch_jobs_watchable((), k8s_client.AuthorizationV1Api(k8s_client.ApiClient(admin)))
+    env.kubectl("create", "serviceaccount", "-n", ns, "no-batch")
+    token = env.kubectl("create", "token", "-n", ns, "no-batch").stdout.strip()
+    cfg = k8s_client.Configuration()
+    cfg.host = env.cluster.server
+    cfg.ssl_ca_cert = str(env.cluster.pki.ca.cert)
+    cfg.api_key = {"BearerToken": token}
+    cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    restricted = k8s_client.AuthorizationV1Api(k8s_client.ApiClient(cfg))
+    assert not batch_jobs_watchable((ns,), restricted)
+    assert not batch_jobs_watchable((), restricted)
