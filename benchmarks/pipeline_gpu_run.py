@@ -133,7 +133,9 @@ def window(snaps: list[tuple[float, str]], skip: int) -> dict[str, Any]:
     first = next(((t, s, k) for t, s, k in with_steps if k >= skip), None)
     if first is None or not with_steps:
         return {}
-    last = with_steps[-1]
+    # the last snapshot of the training loop (after it: eval, checkpoint, export)
+    final = with_steps[-1][2]
+    last = next((t, s, k) for t, s, k in with_steps if k == final)
     out: dict[str, Any] = {"from_step": first[2], "to_step": last[2]}
     for key, name in (("step", "dspark_train_step_seconds"), ("wait", "dspark_train_data_wait_seconds"),
                       ("get", "dspark_transport_get_seconds")):
@@ -145,7 +147,9 @@ def window(snaps: list[tuple[float, str]], skip: int) -> dict[str, Any]:
     samples = (gauge(last[1], "dspark_train_samples_total") or 0.0) - (gauge(first[1], "dspark_train_samples_total") or 0.0)
     elapsed = last[0] - first[0]
     out["samples"] = samples
-    out["samples_per_s"] = samples / elapsed if elapsed > 0 else None
+    out["samples_per_s_wall"] = samples / elapsed if elapsed > 0 else None
+    if out.get("step_mean_s") and out.get("step_count"):
+        out["samples_per_s"] = samples / (out["step_count"] * out["step_mean_s"])
     if out.get("step_mean_s") and out.get("wait_mean_s") is not None:
         out["data_wait_fraction"] = out["wait_mean_s"] / out["step_mean_s"]
     return out
