@@ -51,7 +51,8 @@ def test_scrape_query_reload_and_errors(tmp_path: Path, exporter: tuple[int, Cou
     assert prom.proc is None
 
 
-def test_start_fails_clearly_on_a_taken_port(tmp_path: Path) -> None:
+def test_a_taken_port(tmp_path: Path) -> None:
+    """A port given by the caller and taken fails clearly; a port picked by the helper is picked again."""
     if find_binary() is None:
         missing("prometheus not found: run scripts/install-system-deps.sh")
     with PrometheusServer(tmp_path / "a") as first:
@@ -59,3 +60,8 @@ def test_start_fails_clearly_on_a_taken_port(tmp_path: Path) -> None:
         with pytest.raises(PrometheusError, match="prometheus exited"):
             second.start(timeout=30)
         assert second.proc is None
+        third = PrometheusServer(tmp_path / "c")
+        third.port = first.port  # as if another process took the free port it picked
+        with third:
+            assert third.port != first.port
+            assert third.query("vector(3)")[0]["value"][1] == "3"

@@ -49,6 +49,10 @@ class PrometheusError(RuntimeError):
     """Prometheus did not start, answered with an error, or a wait ran out of time."""
 
 
+class ProcessExited(PrometheusError):
+    """The prometheus process ended: waiting longer cannot help."""
+
+
 def find_binary(name: str = DEFAULT_BINARY) -> str | None:
     """Path of a Prometheus tool (`prometheus`, `promtool`) on PATH or in /usr/bin, else None."""
     found = shutil.which(name)
@@ -69,7 +73,8 @@ def poll(predicate: Callable[[], T | None], *, timeout: float, what: str, interv
          detail: Callable[[], str] | None = None) -> T:
     """Calls `predicate` until it returns something truthy (returned) or `timeout` seconds pass.
 
-    Exceptions from the predicate count as "not yet"; the last one is named in the error.
+    Exceptions from the predicate count as "not yet" (the last one is named in the error), except
+    ProcessExited, which ends the wait at once.
     """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -78,6 +83,8 @@ def poll(predicate: Callable[[], T | None], *, timeout: float, what: str, interv
             result = predicate()
             if result:
                 return result
+        except ProcessExited:
+            raise
         except Exception as e:  # "not yet"
             last = e
         if time.monotonic() >= deadline:
@@ -138,6 +145,7 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.rule_files = [Path(p).resolve() for p in rule_files]
+        self._own_port = port is None
         self.port = port or free_port()
         self.targets: list[Target] = []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -172,13 +180,24 @@ class PrometheusServer:
         return self.config_path
 
     def start(self, timeout: float = 60) -> PrometheusServer:
-        """Starts the server and waits until `/-/ready` answers 200."""
+        """Starts the server and waits until `/-/ready` answers 200. When the port was picked here and
+        another process took it meanwhile, it retries on a new free port (twice)."""
         if self.proc is not None:
             raise PrometheusError("already started")
         if not (shutil.which(self.binary) or Path(self.binary).exists()):
             raise PrometheusError(
                 f"{self.binary!r} not found: install Debian's prometheus package (scripts/install-system-deps.sh)"
             )
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except PrometheusError as e:
+                if not (self._own_port and attempt < 2 and "address already in use" in str(e)):
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> PrometheusServer:
         self.write_config()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
@@ -201,7 +220,7 @@ class PrometheusServer:
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise ProcessExited(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
             status, _ = self._request("GET", "/-/ready", timeout=2)
             # The answer must come from this server, not another one already on the port.
             return status == 200 and self.api("/api/v1/status/flags").get("config.file") == str(self.config_path)
