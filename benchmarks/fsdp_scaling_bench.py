@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -35,14 +36,13 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import flops_per_sample, peak_tflops  # noqa: E402
-from train_step_bench import model_config, shape_for, synthetic_batch  # noqa: E402
-
-from dspark_trainer.model.draft import DSparkDraftModel  # noqa: E402
-from dspark_trainer.runtime.fsdp import shard_model  # noqa: E402
-from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E402
-from torch.distributed.tensor import DTensor  # noqa: E402
+from dspark_trainer.model.draft import DSparkDraftModel
+from dspark_trainer.runtime.fsdp import shard_model
+from flops import flops_per_sample, peak_tflops
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from train_step_bench import model_config, shape_for, synthetic_batch
 
 
 def build(cfg: Any, setting: str, device: torch.device, world: int, chunk: int) -> tuple[Any, Any]:
@@ -76,6 +76,15 @@ def opt_step(model: Any, opt: Any) -> None:
         norm = norm.full_tensor()
     opt.step()
     opt.zero_grad(set_to_none=True)
+
+
+def make_micro(model: Any, batch: dict[str, torch.Tensor], world: int) -> Any:
+    def micro() -> None:
+        out = model(batch["input_ids"], batch["hidden"], batch["loss_mask"], batch["anchors"], batch["keep"],
+                    batch["last"], denominator=1000.0, world_size=world)
+        out.loss.backward()
+
+    return micro
 
 
 def timed(device: torch.device, fn: Any) -> float:
@@ -127,10 +136,7 @@ def main() -> int:
         try:
             model, opt = build(cfg, setting, device, world, 1024 if not args.tiny else 40)
 
-            def micro() -> None:
-                out = model(batch["input_ids"], batch["hidden"], batch["loss_mask"], batch["anchors"], batch["keep"],
-                            batch["last"], denominator=1000.0, world_size=world)
-                out.loss.backward()
+            micro = make_micro(model, batch, world)
 
             for _ in range(args.warmup):
                 micro()
@@ -144,7 +150,7 @@ def main() -> int:
             op = []
             for _ in range(args.opt_steps):
                 micro()
-                op.append(timed(device, lambda: opt_step(model, opt)))
+                op.append(timed(device, functools.partial(opt_step, model, opt)))
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             local_stats = torch.tensor([statistics.median(mb), statistics.median(op), peak, max(mb) - min(mb)],
                                        dtype=torch.float64, device=device)
@@ -173,7 +179,8 @@ def main() -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             suffix = "_tiny" if args.tiny else ""
             (Path(args.out) / f"fsdp_w{world}{suffix}.json").write_text(json.dumps(results, indent=2))
-        print(f"\n{'setting':15s} {'GPUs':>4s} {'mb ms':>7s} {'opt ms':>7s} {'smp/s/GPU':>9s} {'MFU':>6s} {'peak GiB':>8s}")
+        print(f"\n{'setting':15s} {'GPUs':>4s} {'mb ms':>7s} {'opt ms':>7s} {'smp/s/GPU':>9s} {'MFU':>6s} "
+              f"{'peak GiB':>8s}")
         for r in results:
             if "error" in r:
                 print(f"{r['setting']:15s} {world:4d} ERROR {r['error'][:90]}")

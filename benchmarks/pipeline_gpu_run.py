@@ -36,11 +36,10 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline_bench import bench_config, histogram  # noqa: E402
-
-from dspark_trainer.assets import LOCAL_DEMO_CONFIG  # noqa: E402,F401
-from dspark_trainer.local import services  # noqa: E402
-from dspark_trainer.local.pipeline import LocalOptions, run_local  # noqa: E402
+from dspark_trainer.assets import LOCAL_DEMO_CONFIG  # noqa: F401
+from dspark_trainer.local import services
+from dspark_trainer.local.pipeline import LocalOptions, run_local
+from pipeline_bench import bench_config, histogram
 
 DEMO = Path(__file__).resolve().parents[1] / "trainer" / "dspark_trainer" / "assets" / "demo_conversations.jsonl"
 
@@ -144,7 +143,8 @@ def window(snaps: list[tuple[float, str]], skip: int) -> dict[str, Any]:
         total = b.get("sum", 0.0) - a.get("sum", 0.0)
         out[f"{key}_count"] = count
         out[f"{key}_mean_s"] = total / count if count else None
-    samples = (gauge(last[1], "dspark_train_samples_total") or 0.0) - (gauge(first[1], "dspark_train_samples_total") or 0.0)
+    name = "dspark_train_samples_total"
+    samples = (gauge(last[1], name) or 0.0) - (gauge(first[1], name) or 0.0)
     elapsed = last[0] - first[0]
     out["samples"] = samples
     out["samples_per_s_wall"] = samples / elapsed if elapsed > 0 else None
@@ -235,7 +235,8 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / ("pipeline_tiny.json" if args.tiny else "pipeline.json")).write_text(json.dumps(result, indent=2))
+        name = "pipeline_tiny.json" if args.tiny else "pipeline.json"
+        (Path(args.out) / name).write_text(json.dumps(result, indent=2))
     st = result["steady"]
     if st:
         print(f"\npipeline {args.nproc} trainer GPUs: steps {st['from_step']:.0f}-{st['to_step']:.0f}: "

@@ -32,21 +32,20 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eager_reference import eager_loss, relative_error  # noqa: E402
-from flops import Shape, executed_flops, flops_per_sample, peak_tflops  # noqa: E402
-
-from dspark_trainer.config.draft import DraftOptions  # noqa: E402
-from dspark_trainer.loss import vocab as vocab_mod  # noqa: E402
-from dspark_trainer.model.anchors import sample_anchors  # noqa: E402
-from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config  # noqa: E402
-from dspark_trainer.model.draft import DSparkDraftModel  # noqa: E402
+from dspark_trainer.config.draft import DraftOptions
+from dspark_trainer.loss import vocab as vocab_mod
+from dspark_trainer.model.anchors import sample_anchors
+from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config
+from dspark_trainer.model.draft import DSparkDraftModel
+from eager_reference import eager_loss, relative_error
+from flops import Shape, executed_flops, flops_per_sample, peak_tflops
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "eager": {},
