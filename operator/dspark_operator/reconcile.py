@@ -18,10 +18,15 @@ from pydantic import ValidationError
 
 from dspark_operator.api.job import InvalidSpec, JobView, parse_job
 from dspark_operator.api.spec import RunPolicySpec
-from dspark_operator.api.status import DSparkTrainingJobStatus
+from dspark_operator.api.status import TERMINAL_PHASES, DSparkTrainingJobStatus
 from dspark_operator.builders import BuildContext, build_children, workload_replicas
 from dspark_operator.builders.common import spec_hash
-from dspark_operator.builders.regenerate_job import build_regenerate_job, job_conditions, summary_from_pod
+from dspark_operator.builders.regenerate_job import (
+    build_regenerate_job,
+    failure_from_pods,
+    job_conditions,
+    summary_from_pod,
+)
 from dspark_operator.constants import (
     ANNOTATION_SPEC_HASH,
     API_VERSION,
@@ -333,13 +338,17 @@ class Reconciler:
         obj = next((o for (k, _), o in existing.items() if k == "Job"), None)
         if obj is None:
             return None
-        summary = None
-        if "Complete" in job_conditions(obj) and not regeneration_done(job.status, Observed()):
+        summary, pod_failure = None, ""
+        conditions = job_conditions(obj)
+        settled = regeneration_done(job.status, Observed()) or job.status.phase in TERMINAL_PHASES
+        if ("Complete" in conditions or "Failed" in conditions) and not settled:
+            # Once, when the Job just finished: what its pods reported (counts, or the error of the last failure).
             pods = await self.api.list(KINDS["Pod"].collection(job.namespace), selector(job.name, COMPONENT_REGENERATE))
             for pod in pods:
                 if (pod.get("status") or {}).get("phase") == "Succeeded":
                     summary = summary_from_pod(pod) or summary
-        return job_info(obj, summary)
+            pod_failure = failure_from_pods(pods) if "Failed" in conditions else ""
+        return job_info(obj, summary, pod_failure)
 
     # ---------------------------------------------------------------- act
     async def _apply_children(

@@ -87,6 +87,7 @@ class JobInfo:
     failed_message: str = ""
     deleting: bool = False
     summary: Mapping[str, Any] | None = None  # counts from the succeeded pod's termination message
+    pod_failure: str = ""  # what the latest failed pod said (exit code, termination message), once the Job failed
 
     @property
     def finished(self) -> bool:
@@ -145,7 +146,7 @@ def workload_info(obj: Mapping[str, Any]) -> WorkloadInfo:
     )
 
 
-def job_info(obj: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> JobInfo:
+def job_info(obj: Mapping[str, Any], summary: Mapping[str, Any] | None = None, pod_failure: str = "") -> JobInfo:
     """JobInfo from a batch/v1 Job object."""
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
@@ -162,6 +163,7 @@ def job_info(obj: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -
         failed_message=str(failed.get("message") or "") if failed is not None else "",
         deleting=bool(meta.get("deletionTimestamp")),
         summary=summary,
+        pod_failure=pod_failure,
     )
 
 
@@ -533,6 +535,8 @@ def _regeneration(
         detail = f"{job.failed_reason}: {job.failed_message}" if job.failed_message else job.failed_reason
         b.condition(ConditionType.REGENERATING, False, job.failed_reason, job.failed_message or job.failed_reason)
         msg = f"data regeneration Job {name} failed ({detail})"
+        if job.pod_failure:
+            msg += f"; its last failed pod: {job.pod_failure}"
         b.condition(ConditionType.FAILED, True, REGEN_FAILED, msg)
         return _fail(b, policy, REGEN_FAILED, msg)
 

@@ -20,6 +20,7 @@ from dspark_operator.builders import build_children, build_regenerate_job
 from dspark_operator.builders.config import render_trainer_config
 from dspark_operator.builders.regenerate_job import (
     describe_summary,
+    failure_from_pods,
     quantity_bytes,
     regenerate_args,
     summary_from_pod,
@@ -265,6 +266,28 @@ def test_counts_from_the_termination_message() -> None:
     assert describe_summary(None) == ""
 
 
+def test_failure_from_the_last_failed_pod() -> None:
+    def failed_pod(created: str, code: int, message: str) -> dict[str, Any]:
+        terminated = {"exitCode": code, "reason": "Error", "message": message}
+        return {
+            "metadata": {"creationTimestamp": created},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "regenerate", "state": {"terminated": terminated}}],
+            },
+        }
+
+    pods = [
+        failed_pod("2026-01-01T12:00:09Z", 2, "dspark data regenerate: --input: no such file\n"),
+        failed_pod("2026-01-01T12:00:01Z", 1, "first try"),
+        {"metadata": {"creationTimestamp": "2026-01-01T12:00:10Z"}, "status": {"phase": "Pending"}},
+    ]
+    assert failure_from_pods(pods) == "exit code 2: dspark data regenerate: --input: no such file"
+    assert failure_from_pods([failed_pod("t", 137, "")]) == "exit code 137"
+    assert failure_from_pods([failed_pod("t", 1, "x" * 2000)], limit=10) == "exit code 1: ..." + "x" * 10
+    assert failure_from_pods([]) == ""
+
+
 # ----------------------------------------------------------------------------------- status rules
 
 
@@ -396,6 +419,11 @@ def test_failed_job_fails_the_training_job_with_its_reason() -> None:
     assert c["Regenerating"]["message"] == "Job has reached the specified backoff limit"
     assert st["completionTime"]
     assert any(e.type == "Warning" and e.reason == "RegenerationFailed" for e in d.events)
+    # With what the last failed pod said, when the reconciler could read it.
+    obj = job_obj(failed=("PodFailurePolicy", "Container regenerate ... exit code 2 matching FailJob rule"))
+    _, st3 = advance({}, infra_up(job_info(obj, pod_failure="exit code 2: --input: no such file")))
+    assert conds(st3)["Failed"]["message"].endswith("; its last failed pod: exit code 2: --input: no such file")
+    assert "PodFailurePolicy" in conds(st3)["Failed"]["message"]
     # Sticky.
     d, st2 = advance(st, infra_up(job_info(job_obj(complete=True))), at=90)
     assert st2["phase"] == "Failed" and d.workloads is Workloads.DOWN

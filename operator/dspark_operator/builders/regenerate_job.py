@@ -41,6 +41,7 @@ __all__ = [
     "RegenerateSpec",
     "build_regenerate_job",
     "dataset_path_for_training",
+    "failure_from_pods",
     "regenerate_args",
     "regenerate_job_name",
     "regenerated_dataset_path",
@@ -254,6 +255,28 @@ def summary_from_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
             if isinstance(data, dict):
                 return data
     return None
+
+
+def failure_from_pods(pods: list[Mapping[str, Any]], limit: int = 600) -> str:
+    """What the latest failed regeneration pod said: its exit code and the tail of its termination message (the
+    error, or the last log lines: ``FallbackToLogsOnError``). Empty when no failed pod tells anything."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed.sort(key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
+    for pod in reversed(failed):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != CONTAINER:
+                continue
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            if not terminated:
+                continue
+            text = " ".join(str(terminated.get("message") or "").split())
+            if len(text) > limit:
+                text = "..." + text[-limit:]
+            head = f"exit code {terminated.get('exitCode')}"
+            if terminated.get("reason") and terminated.get("reason") != "Error":
+                head += f" ({terminated['reason']})"
+            return f"{head}: {text}" if text else head
+    return ""
 
 
 def describe_summary(summary: Mapping[str, Any] | None) -> str:
