@@ -126,7 +126,8 @@ class ProgressView:
     """A tqdm bar (or plain lines) over the trainer's progress."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        # A bar needs a terminal with a width (a pty of size 0, e.g. under `script`, gets plain lines).
+        self.enabled = enabled and sys.stderr.isatty() and shutil.get_terminal_size((0, 0)).columns >= 40
         self.plain = not self.enabled
         self.bar: Any = None
         self.last_line_step = -1
@@ -140,7 +141,7 @@ class ProgressView:
             "samples/s": f"{sps:.1f}" if sps is not None else "-",
         }
         if self.plain:
-            if step != self.last_line_step and (step % 10 == 0 or step == total) and step > 0:
+            if step > 0 and (step // 10 > self.last_line_step // 10 or (step == total and step != self.last_line_step)):
                 self.last_line_step = step
                 say(f"step {step}/{total}  " + "  ".join(f"{k} {v}" for k, v in fields.items()))
             return
@@ -218,7 +219,7 @@ def run_local(options: LocalOptions) -> int:
         return 2
     if raw.get("target", {}).get("model") == TINY_TARGET:
         if not (layout.target / "config.json").is_file():
-            say(f"creating a tiny random Qwen3 target with a tokenizer in {layout.target}")
+            say(f"creating the tiny Qwen3 target (random, then taught the demo conversations) in {layout.target}")
         services.ensure_tiny_target(layout.target)
     if options.fresh:
         reset_outputs(cfg)
