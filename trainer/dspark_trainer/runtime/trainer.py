@@ -161,7 +161,7 @@ class TrainingRun:
             waited += time.perf_counter() - start
         return out, waited
 
-    def _micro_batches(self, samples: list[CapturedSample], seed_epoch: bool = True) -> list[MicroBatch]:
+    def _micro_batches(self, samples: list[CapturedSample]) -> list[MicroBatch]:
         size = self.config.schedule.micro_batch_size
         chunks = [samples[i : i + size] for i in range(0, len(samples), size)]
         return [collate(chunk, self.config.schedule.seed).to(self.ctx.device, self.param_dtype) for chunk in chunks]
