@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -257,7 +257,7 @@ def summary_from_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def failure_from_pods(pods: list[Mapping[str, Any]], limit: int = 600) -> str:
+def failure_from_pods(pods: Sequence[Mapping[str, Any]], limit: int = 600) -> str:
     """What the latest failed regeneration pod said: its exit code and the tail of its termination message (the
     error, or the last log lines: ``FallbackToLogsOnError``). Empty when no failed pod tells anything."""
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]

@@ -342,7 +342,7 @@ class _FusedVocabLossFn(torch.autograd.Function):
                 if grad_h is not None:
                     grad_h[s:e] = _mm_out(g, lm_head, h.dtype)
                 if grad_f is not None and f_c is not None and markov_w2 is not None:
-                    grad_f[s:e] = _mm_out(g, markov_w2, feats.dtype)
+                    grad_f[s:e] = _mm_out(g, markov_w2, f_c.dtype)
                 if grad_w is not None:
                     grad_w += _mm_out(g.t(), h[s:e], torch.float32)
                 if grad_w2 is not None and f_c is not None:

@@ -160,6 +160,7 @@ class DSparkDraftModel(nn.Module):
         )
         compiled = h.is_cuda if self.compile_layers is None else self.compile_layers
         for layer in self.layers:
+            assert isinstance(layer, DSparkDecoderLayer)
             layer.use_compiled = compiled
             h = layer(h, ctx, cos, sin, mask)
         return self.norm(h).view(bsz, num, k, -1)
