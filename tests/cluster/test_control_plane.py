@@ -81,10 +81,11 @@ def _gpu_pod(name: str, gpus: int, rdma: int) -> dict[str, Any]:
 
 
 def test_gpu_and_rdma_pods_land_on_gpu_nodes(k8s_cluster: LocalCluster, k8s_namespace: str) -> None:
-    # Each GPU node has 8 GPUs: two full-node pods take both nodes, a third cannot be placed.
-    for i in range(3):
+    # Each GPU node has 8 GPUs: one full-node pod per GPU node takes them all, one more cannot be placed.
+    nodes = len(k8s_cluster.gpu_nodes)
+    for i in range(nodes + 1):
         k8s_cluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=json.dumps(_gpu_pod(f"gpu-{i}", 8, 1)))
-    pods = wait_running(k8s_cluster, k8s_namespace, "app=gpu", 2)
+    pods = wait_running(k8s_cluster, k8s_namespace, "app=gpu", nodes)
     assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(k8s_cluster.gpu_nodes)
 
     def unschedulable() -> str | None:
@@ -94,7 +95,7 @@ def test_gpu_and_rdma_pods_land_on_gpu_nodes(k8s_cluster: LocalCluster, k8s_name
                     return str(cond.get("message", ""))
         return None
 
-    message = k8s_cluster.wait_until(unschedulable, timeout=60, what="the third GPU pod to be Unschedulable")
+    message = k8s_cluster.wait_until(unschedulable, timeout=60, what="the extra GPU pod to be Unschedulable")
     assert GPU_RESOURCE in message
 
     # The Python client reads the same kubeconfig and sees the advertised resources.

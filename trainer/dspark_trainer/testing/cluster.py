@@ -267,6 +267,8 @@ class NodeSpec:
 DEFAULT_NODES: tuple[NodeSpec, ...] = (
     NodeSpec("kwok-gpu-0", gpus=8, rdma=8),
     NodeSpec("kwok-gpu-1", gpus=8, rdma=8),
+    NodeSpec("kwok-gpu-2", gpus=8, rdma=8),
+    NodeSpec("kwok-gpu-3", gpus=8, rdma=8),
     NodeSpec("kwok-cpu-0"),
 )
 
