@@ -4,23 +4,16 @@ global denominator and the world-size compensation of the gradient mean."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from dspark_trainer.loss import accumulate_stats, all_reduce_stats, global_denominator, local_denominator, summarize
+from dspark_trainer.util.net import free_port
 from model_helpers import make_batch, make_model, tiny_config
 
 SAMPLES = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _step(rank: int, world: int, groups: list[list[int]]) -> tuple[float, dict[str, torch.Tensor], dict[str, float]]:
@@ -68,7 +61,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     ref_loss, ref_grads, ref_metrics = _step(0, 1, [list(range(SAMPLES))])
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "result.pt")
     assert abs(got["loss"] - ref_loss) <= 1e-5 * abs(ref_loss)
     for name, g in ref_grads.items():

@@ -158,7 +158,7 @@ def test_completed_run_stays_alive_serves_metrics_and_is_not_trained_again(
 ) -> None:
     import shutil
 
-    from dspark_trainer.runtime.dist import free_port
+    from dspark_trainer.util.net import free_port
 
     root = tmp_path / "done"
     shutil.copytree(reference_run / "out", root / "out")

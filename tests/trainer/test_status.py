@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from dspark_trainer.config.training import TrainerConfig
 from dspark_trainer.runtime import main as runtime_main
-from dspark_trainer.runtime.dist import free_port
+from dspark_trainer.util.net import free_port
 from trainer_helpers import make_small_target
 
 

@@ -76,7 +76,7 @@ def torchrun_cmd(config_path: Any, nproc: int, max_restarts: int = 0) -> list[st
     import sys
     from pathlib import Path
 
-    from dspark_trainer.runtime.dist import free_port
+    from dspark_trainer.util.net import free_port
 
     torchrun = str(Path(sys.executable).parent / "torchrun")
     return [

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from dspark_trainer.config.training import TrainerConfig
 from dspark_trainer.config.transport import TransportConfig
 from dspark_trainer.local.processes import ManagedProcess, ProcessSet
-from dspark_trainer.runtime.dist import free_port
+from dspark_trainer.util.net import free_port
 
 if TYPE_CHECKING:
     from dspark_trainer.local.pipeline import Layout

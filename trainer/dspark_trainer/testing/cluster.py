@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from typing import IO, Any, TypeVar
 import yaml
 
 from dspark_trainer.testing.pki import PKI, CertPair
+from dspark_trainer.util.net import free_port
+from dspark_trainer.util.polling import poll_until
 
 T = TypeVar("T")
 
@@ -158,30 +159,12 @@ def wait_until(
     """Polls `predicate` until it returns something truthy (returned) or `timeout` seconds pass.
 
     Exceptions from the predicate count as "not yet" (the last one is shown in the error),
-    except `ComponentExited`, which is raised at once.
+    except `ComponentExited`, which is raised at once. On timeout raises `ClusterError`.
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except ComponentExited:
-            raise
-        except Exception as e:
-            last_error = e
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            extra = f"\n{on_timeout()}" if on_timeout else ""
-            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{detail}{extra}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return poll_until(
+        predicate, timeout=timeout, what=what, interval=interval, on_timeout=on_timeout,
+        error=ClusterError, fatal=(ComponentExited,),
+    )
 
 
 def _tail(path: Path, lines: int = 40) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dspark_trainer.config.transport import TransportConfig
+from dspark_trainer.util.net import free_port
 
 _LIVE: weakref.WeakSet[MooncakeMaster] = weakref.WeakSet()
 
@@ -58,13 +59,6 @@ def find_master_binary() -> str:
         "mooncake_master not found (install the mooncake-cpu extra: mooncake-transfer-engine-non-cuda); "
         f"looked at {[str(c) for c in candidates]}"
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:

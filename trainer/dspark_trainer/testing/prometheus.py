@@ -23,7 +23,6 @@ import ctypes
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import yaml
+
+from dspark_trainer.util.net import free_port
+from dspark_trainer.util.polling import poll_until
 
 T = TypeVar("T")
 
@@ -62,36 +64,17 @@ def find_binary(name: str = DEFAULT_BINARY) -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def poll(predicate: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.25,
          detail: Callable[[], str] | None = None) -> T:
     """Calls `predicate` until it returns something truthy (returned) or `timeout` seconds pass.
 
     Exceptions from the predicate count as "not yet" (the last one is named in the error), except
-    ProcessExited, which ends the wait at once.
+    ProcessExited, which ends the wait at once. On timeout raises `PrometheusError`.
     """
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except ProcessExited:
-            raise
-        except Exception as e:  # "not yet"
-            last = e
-        if time.monotonic() >= deadline:
-            why = f" (last error: {last!r})" if last else ""
-            more = f"\n{detail()}" if detail else ""
-            raise PrometheusError(f"timed out after {timeout:.0f}s waiting for {what}{why}{more}")
-        time.sleep(interval)
+    return poll_until(
+        predicate, timeout=timeout, what=what, interval=interval, on_timeout=detail,
+        error=PrometheusError, fatal=(ProcessExited,),
+    )
 
 
 @dataclass
