@@ -8,8 +8,10 @@ shards it with FSDP2 and times forward+backward of one micro-batch (FSDP2 all-ga
 gradient reduce-scatter included) and the optimizer step (grad-norm clip + AdamW), for each
 ``--settings`` entry, in one process group:
 
-  runtime         exactly ``dspark_trainer.runtime.fsdp.shard_model`` + the runtime's AdamW: fp32 sharded
-                  parameters (frozen embedding / LM head too), bf16 compute, fp32 gradient reduction
+  runtime         exactly ``dspark_trainer.runtime.fsdp.shard_model`` + ``build_optimizer`` (since the lean
+                  settings were adopted there: frozen embedding / LM head out of FSDP in bf16, fused AdamW)
+  old_runtime     the runtime before that: fp32 sharded parameters (frozen embedding / LM head too), bf16
+                  compute, fp32 gradient reduction, for-each AdamW
   lean            the frozen embedding and LM head kept out of FSDP (``ignored_params``), replicated in
                   bf16 (no all-gather of 1.2 B frozen values per forward, no fp32 copy of them), fused AdamW
   lean_noreshard  lean + ``reshard_after_forward=False`` for the decoder layers (no all-gather in backward)
@@ -36,8 +38,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dspark_trainer.config.training import OptimizerConfig
 from dspark_trainer.model.draft import DSparkDraftModel
-from dspark_trainer.runtime.fsdp import shard_model
+from dspark_trainer.runtime.fsdp import build_optimizer, shard_model
 from flops import flops_per_sample, peak_tflops
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -52,9 +55,15 @@ def build(cfg: Any, setting: str, device: torch.device, world: int, chunk: int) 
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     if setting == "runtime":
         shard_model(model, list(model.layers), device, world, compute)
+        return model, build_optimizer(model, OptimizerConfig(learning_rate=6e-4, weight_decay=0.0))
+    if setting == "old_runtime":
+        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
+        policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+        for layer in model.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.0)
-        return model, opt
+        return model, torch.optim.AdamW(params, lr=6e-4, weight_decay=0.0)
     mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
     policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
     frozen = {model.embed_tokens.weight, model.lm_head.weight}

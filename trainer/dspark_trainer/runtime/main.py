@@ -55,7 +55,7 @@ def make_source(config: TrainerConfig, layer_ids: list[int], device: Any, rank: 
         return InlineSource(config.target.model, layer_ids, dtype, device, need_last, config.target.revision)
     from dspark_trainer.runtime.remote_source import RemoteSource
 
-    return RemoteSource(config, layer_ids, need_last, rank)
+    return RemoteSource(config, layer_ids, need_last, rank, torch.device(device))
 
 
 def wait_until_stopped(stop: StopRequest) -> None:
