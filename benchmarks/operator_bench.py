@@ -174,18 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         try:
             cluster.kubectl("apply", "-f", str(CRD))
-            cluster.wait_until(
-                lambda: any(
-                    c["type"] == "Established" and c["status"] == "True"
-                    for c in cluster.api(
-                        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/dsparktrainingjobs.dspark.io"
-                    )[1]
-                    .get("status", {})
-                    .get("conditions", [])
-                ),
-                timeout=60,
-                what="the CRD to be established",
-            )
+            cluster.wait_crd_established("dsparktrainingjobs.dspark.io")
             operator = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log")
             operator.start()
             bench = Bench(cluster, operator)

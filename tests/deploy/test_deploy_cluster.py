@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import pytest
@@ -33,13 +32,6 @@ RESTRICTED = {
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
-def _crd_established(cluster: LocalCluster, name: str) -> bool:
-    status, body = cluster.api("GET", f"{CRD_PATH}/{name}")
-    return status == 200 and any(
-        c["type"] == "Established" and c["status"] == "True" for c in body.get("status", {}).get("conditions", [])
-    )
-
-
 @pytest.fixture(scope="module")
 def monitoring_api(k8s_cluster: LocalCluster) -> Iterator[None]:
     """The Prometheus Operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule) for the module's tests;
@@ -50,7 +42,7 @@ def monitoring_api(k8s_cluster: LocalCluster) -> Iterator[None]:
     for p in paths:
         k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(p))
     for n in names:
-        k8s_cluster.wait_until(partial(_crd_established, k8s_cluster, n), timeout=60, what=f"CRD {n} established")
+        k8s_cluster.wait_crd_established(n)
     try:
         yield
     finally:
@@ -150,7 +142,7 @@ def test_helm_install_available_on_kwok_and_uninstall(k8s_cluster: LocalCluster)
         # Admitted under the `restricted` Pod Security Standard (enforced on the namespace).
         assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
         # The CRD is installed (from the chart's crds/, or already there).
-        assert _crd_established(k8s_cluster, "dsparktrainingjobs.dspark.io")
+        assert k8s_cluster.crd_established("dsparktrainingjobs.dspark.io")
         status = k8s_cluster.helm("status", release, "--namespace", ns).stdout
         assert "STATUS: deployed" in status
         assert _objects_of_release(k8s_cluster, ns, release)
@@ -159,7 +151,7 @@ def test_helm_install_available_on_kwok_and_uninstall(k8s_cluster: LocalCluster)
         k8s_cluster.wait_until(lambda: not _objects_of_release(k8s_cluster, ns, release), timeout=90,
                                what="everything of the release to be gone")
         # Helm keeps CRDs (and so users' jobs) on uninstall.
-        assert _crd_established(k8s_cluster, "dsparktrainingjobs.dspark.io")
+        assert k8s_cluster.crd_established("dsparktrainingjobs.dspark.io")
     finally:
         k8s_cluster.helm("uninstall", release, "--namespace", ns, check=False)
         k8s_cluster.delete_namespace(ns)

@@ -19,18 +19,7 @@ EXTRA_NODES = tuple(NodeSpec(f"dspark-op-gpu-{i}", gpus=8, rdma=8) for i in rang
 def dsj_env(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorEnv]:
     """The CRD installed, extra GPU nodes, and `dspark-operator` running cluster-wide."""
     k8s_cluster.kubectl("apply", "-f", str(CRD))
-    k8s_cluster.wait_until(
-        lambda: any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in k8s_cluster.api(
-                "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/dsparktrainingjobs.dspark.io"
-            )[1]
-            .get("status", {})
-            .get("conditions", [])
-        ),
-        timeout=60,
-        what="the CRD to be established",
-    )
+    k8s_cluster.wait_crd_established("dsparktrainingjobs.dspark.io")
     for node in EXTRA_NODES:
         status, out = k8s_cluster.api("POST", "/api/v1/nodes", node.manifest())
         assert status in (201, 409), out

@@ -518,17 +518,12 @@ def test_podmonitor_created_when_the_prometheus_operator_api_exists(dsj_env: Ope
     if not PODMONITOR_CRD.exists():
         pytest.skip(f"{PODMONITOR_CRD} not in the cache (fetched by tests/deploy)")
     env, ns = dsj_env, k8s_namespace
-    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/podmonitors.monitoring.coreos.com"
+    crd_name = "podmonitors.monitoring.coreos.com"
+    crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_name}"
     existed = env.get(crd_path) is not None
     env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(PODMONITOR_CRD))
     try:
-        env.wait(
-            lambda: any(
-                c["type"] == "Established" and c["status"] == "True"
-                for c in ((env.get(crd_path) or {}).get("status") or {}).get("conditions", [])
-            ),
-            what="the PodMonitor CRD",
-        )
+        env.wait(lambda: env.cluster.crd_established(crd_name), what="the PodMonitor CRD")
         env.operator.restart()  # the API's presence is cached for a few minutes
         env.apply(ns, small_job("mon"))
         env.wait_phase(ns, "mon", "Running")

@@ -475,6 +475,17 @@ class LocalCluster:
     ) -> T:
         return wait_until(predicate, timeout=timeout, what=what, interval=interval, on_timeout=self.logs)
 
+    def crd_established(self, name: str) -> bool:
+        """Whether the CustomResourceDefinition `name` exists and has its Established condition True."""
+        status, body = self.api("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        return status == 200 and any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in (body.get("status") or {}).get("conditions") or []
+        )
+
+    def wait_crd_established(self, name: str, *, timeout: float = 60) -> None:
+        self.wait_until(lambda: self.crd_established(name), timeout=timeout, what=f"CRD {name} established")
+
     def create_namespace(self, name: str, *, labels: Mapping[str, str] | None = None, timeout: float = 60) -> str:
         """Creates a namespace and waits for its `default` ServiceAccount (pods need it)."""
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
