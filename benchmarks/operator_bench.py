@@ -24,9 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from dspark_operator.devtools import OperatorProcess
+from dspark_operator.devtools import OperatorProcess, small_job_manifest
 from dspark_trainer.testing.cluster import LocalCluster, NodeSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,22 +41,6 @@ CHILD_LISTS = (
     ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
 )
 CHILDREN_PER_JOB = 10
-SMALL = {"requests": {"cpu": "10m", "memory": "16Mi"}}
-
-
-def job(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "dspark.io/v1alpha1",
-        "kind": "DSparkTrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "target": {"model": "Qwen/Qwen3-0.6B"},
-            "dataset": {"path": "builtin:demo-conversations"},
-            "inference": {"gpus": 0, "resources": SMALL},
-            "trainer": {"nodes": 1, "gpusPerNode": 0, "resources": SMALL, "schedule": {"globalBatchSize": 8}},
-            "transport": {"protocol": "tcp", "masterResources": SMALL},
-        },
-    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -110,7 +93,7 @@ class Bench:
 
         Per job: seconds from the apply to all children created and to Running, and from the job's
         first appearance in the API to all children created (the operator's own latency)."""
-        text = "\n---\n".join(json.dumps(job(n)) for n in names)
+        text = "\n---\n".join(json.dumps(small_job_manifest(n)) for n in names)
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [self.cluster.kubectl_path, f"--kubeconfig={self.cluster.kubeconfig}", "apply", "-n", ns, "-f", "-"],

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 def free_port() -> int:
@@ -32,6 +33,36 @@ def operator_command() -> list[str]:
         return [str(script)]
     found = shutil.which("dspark-operator")
     return [found] if found else [sys.executable, "-m", "dspark_operator.main"]
+
+
+def small_job_manifest(
+    name: str, *, nodes: int = 1, gpus_per_node: int = 0, global_batch_size: int | None = None
+) -> dict[str, Any]:
+    """A DSparkTrainingJob that fits many times on kwok nodes: tiny requests, no inference GPUs, TCP transport.
+
+    The global batch defaults to 8 per trainer GPU (8 per node without GPUs).
+    """
+
+    def small() -> dict[str, Any]:
+        return {"requests": {"cpu": "10m", "memory": "16Mi"}}
+
+    return {
+        "apiVersion": "dspark.io/v1alpha1",
+        "kind": "DSparkTrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "target": {"model": "Qwen/Qwen3-0.6B"},
+            "dataset": {"path": "builtin:demo-conversations"},
+            "inference": {"gpus": 0, "resources": small()},
+            "trainer": {
+                "nodes": nodes,
+                "gpusPerNode": gpus_per_node,
+                "resources": small(),
+                "schedule": {"globalBatchSize": global_batch_size or 8 * nodes * max(gpus_per_node, 1)},
+            },
+            "transport": {"protocol": "tcp", "masterResources": small()},
+        },
+    }
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")

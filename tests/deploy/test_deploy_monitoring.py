@@ -47,6 +47,7 @@ from deploy_helpers import (
     substitute,
     variable_queries,
 )
+from dspark_operator.devtools import small_job_manifest
 from dspark_trainer.testing.cluster import LocalCluster
 from dspark_trainer.testing.prometheus import PrometheusServer, find_binary, free_port, poll
 
@@ -194,24 +195,6 @@ class LocalRun:
 # ------------------------------------------------------------------------------------ the operator
 
 
-def small_job(name: str, *, nodes: int = 1, batch: int | None = None) -> dict[str, Any]:
-    """A job that fits the kwok nodes: no GPUs, tiny requests, TCP transport."""
-    small = {"requests": {"cpu": "10m", "memory": "16Mi"}}
-    return {
-        "apiVersion": "dspark.io/v1alpha1",
-        "kind": "DSparkTrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "target": {"model": "Qwen/Qwen3-0.6B"},
-            "dataset": {"path": "builtin:demo-conversations"},
-            "inference": {"gpus": 0, "resources": small},
-            "trainer": {"nodes": nodes, "gpusPerNode": 0, "resources": small,
-                        "schedule": {"globalBatchSize": batch or 8 * nodes}},
-            "transport": {"protocol": "tcp", "masterResources": small},
-        },
-    }
-
-
 def token_kubeconfig(cluster: LocalCluster, namespace: str, service_account: str, path: Path) -> Path:
     """A kubeconfig that authenticates as a ServiceAccount (a bound token, as in the operator's pod)."""
     token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=2h").stdout.strip()
@@ -287,7 +270,7 @@ def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
         prom.add_target("sglang", f"127.0.0.1:{sglang.port}", labels=sglang_labels)
 
         # Jobs for the operator: one runs (then loses a trainer pod: gang restart), one is invalid (fails).
-        for body in (small_job("runs"), small_job("invalid", nodes=3, batch=10)):
+        for body in (small_job_manifest("runs"), small_job_manifest("invalid", nodes=3, global_batch_size=10)):
             k8s_cluster.kubectl("apply", "-n", jobs_ns, "-f", "-", input=json.dumps(body))
 
         services = run.services()

@@ -9,34 +9,19 @@ from typing import Any
 
 import pytest
 import yaml
+from dspark_operator.devtools import small_job_manifest
 from dspark_trainer.status_reporter import StatusReporter
 from operator_cluster_env import REPO, OperatorEnv
 
 pytestmark = pytest.mark.cluster
 
 API = "/apis/dspark.io/v1alpha1"
-SMALL_RESOURCES = {"requests": {"cpu": "10m", "memory": "16Mi"}}
 
 
 def small_job(name: str, *, nodes: int = 1, gpus: int = 1, **spec: Any) -> dict[str, Any]:
-    """A job that fits many times on the kwok nodes: tcp transport, few GPUs, tiny requests."""
-    body: dict[str, Any] = {
-        "apiVersion": "dspark.io/v1alpha1",
-        "kind": "DSparkTrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "target": {"model": "Qwen/Qwen3-0.6B"},
-            "dataset": {"path": "builtin:demo-conversations"},
-            "inference": {"gpus": 0, "resources": SMALL_RESOURCES},
-            "trainer": {
-                "nodes": nodes,
-                "gpusPerNode": gpus,
-                "resources": SMALL_RESOURCES,
-                "schedule": {"globalBatchSize": 8 * nodes * max(gpus, 1)},
-            },
-            "transport": {"protocol": "tcp", "masterResources": SMALL_RESOURCES},
-        },
-    }
+    """A job that fits many times on the kwok nodes (tcp transport, few GPUs, tiny requests); `spec` entries are
+    merged into the spec's sections."""
+    body = small_job_manifest(name, nodes=nodes, gpus_per_node=gpus)
     for key, value in spec.items():
         body["spec"][key] = {**body["spec"].get(key, {}), **value}
     return body
