@@ -87,6 +87,43 @@ class OperatorEnv:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         self.kubectl("apply", "-n", ns, "-f", "-", input=text)
 
+    def bound_claims(self, ns: str, claims: dict[str, str], *, storage: str = "1Gi", timeout: float = 60) -> None:
+        """PersistentVolumeClaims `{name: access mode}`, each bound to its own hostPath PV (kwok pods never mount
+        them; the scheduler needs them bound); returns once all are Bound."""
+        for claim, mode in claims.items():
+            pv = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{ns}-{claim}"},
+                "spec": {
+                    "capacity": {"storage": storage},
+                    "accessModes": [mode],
+                    "hostPath": {"path": f"/tmp/{ns}-{claim}"},
+                    "storageClassName": "",
+                    "claimRef": {"namespace": ns, "name": claim},
+                },
+            }
+            pvc = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": ns},
+                "spec": {
+                    "accessModes": [mode],
+                    "resources": {"requests": {"storage": storage}},
+                    "storageClassName": "",
+                },
+            }
+            self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
+        self.wait(
+            lambda: all(
+                (self.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{c}") or {}).get("status", {}).get("phase")
+                == "Bound"
+                for c in claims
+            ),
+            timeout=timeout,
+            what=f"the claims {sorted(claims)} to be bound",
+        )
+
     def merge_patch(self, ns: str, name: str, patch: dict[str, Any]) -> None:
         self.kubectl("patch", "-n", ns, "dsj", name, "--type=merge", "-p", json.dumps(patch))
 

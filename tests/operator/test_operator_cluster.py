@@ -75,38 +75,10 @@ def _prepare_production_namespace(env: OperatorEnv, ns: str) -> None:
         ),
     )
     env.kubectl("create", "secret", "generic", "hf-token", "-n", ns, "--from-literal=token=hf_test")
-    for claim, mode in (
-        ("dspark-models", "ReadOnlyMany"),
-        ("dspark-datasets", "ReadOnlyMany"),
-        ("dspark-output", "ReadWriteMany"),
-    ):
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"{ns}-{claim}"},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": [mode],
-                "hostPath": {"path": f"/tmp/{ns}-{claim}"},
-                "storageClassName": "",
-                "claimRef": {"namespace": ns, "name": claim},
-            },
-        }
-        pvc = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": ns},
-            "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "10Gi"}}, "storageClassName": ""},
-        }
-        env.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
-    env.wait(
-        lambda: all(
-            (env.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{c}") or {}).get("status", {}).get("phase")
-            == "Bound"
-            for c in ("dspark-models", "dspark-datasets", "dspark-output")
-        ),
-        timeout=60,
-        what="the example's PVCs to be bound",
+    env.bound_claims(
+        ns,
+        {"dspark-models": "ReadOnlyMany", "dspark-datasets": "ReadOnlyMany", "dspark-output": "ReadWriteMany"},
+        storage="10Gi",
     )
 
 

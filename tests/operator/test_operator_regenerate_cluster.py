@@ -16,40 +16,6 @@ from test_operator_cluster import running_pods, small_job, workload_replicas
 pytestmark = pytest.mark.cluster
 
 
-def _output_claim(env: OperatorEnv, ns: str, claim: str = "dspark-output") -> None:
-    """A ReadWriteMany claim bound to a hostPath PV (kwok pods never mount it; the scheduler needs it bound)."""
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{ns}-{claim}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "hostPath": {"path": f"/tmp/{ns}-{claim}"},
-            "storageClassName": "",
-            "claimRef": {"namespace": ns, "name": claim},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": claim, "namespace": ns},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "resources": {"requests": {"storage": "1Gi"}},
-            "storageClassName": "",
-        },
-    }
-    env.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
-    env.wait(
-        lambda: (
-            (env.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}") or {}).get("status", {}).get("phase")
-            == "Bound"
-        ),
-        what="the output claim to be bound",
-    )
-
-
 def regen_job(name: str, **regenerate: Any) -> dict[str, Any]:
     body = small_job(name)
     body["spec"]["dataset"]["regenerate"] = {"cpus": 1, "memory": "64Mi", "shmSize": "64Mi", **regenerate}
@@ -79,7 +45,7 @@ def phase_chain(env: OperatorEnv, ns: str, name: str) -> list[str]:
 
 def test_regeneration_job_succeeds_then_training_starts(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
     env, ns = dsj_env, k8s_namespace
-    _output_claim(env, ns)
+    env.bound_claims(ns, {"dspark-output": "ReadWriteMany"})
     env.apply(ns, regen_job("regen", maxTokens=256, seed=3))
     job = env.wait_phase(ns, "regen", "Running", timeout=120)
 
@@ -136,7 +102,7 @@ def test_regeneration_job_succeeds_then_training_starts(dsj_env: OperatorEnv, k8
 
 def test_regeneration_job_failure_fails_the_job_with_its_reason(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
     env, ns = dsj_env, k8s_namespace
-    _output_claim(env, ns)
+    env.bound_claims(ns, {"dspark-output": "ReadWriteMany"})
     # 200 CPUs fit on no node (kwok nodes have 96): the pod stays Pending until the Job's deadline fails the Job.
     env.apply(ns, regen_job("regfail", cpus=200, activeDeadlineSeconds=25))
     env.wait_phase(ns, "regfail", "Regenerating", timeout=90)
