@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import urllib.error
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
+from aiohttp import web
+from dspark_trainer.util.net import free_port
 
 TINY_VOCAB = 320
 TINY_LAYERS = 8
@@ -65,3 +69,36 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
         if line.startswith(wanted + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+class BackgroundWebApp:
+    """An aiohttp application on a free 127.0.0.1 port, served by an event loop in a daemon thread for the
+    duration of a `with` block. Subclasses call `super().__init__()` and add their handlers in `add_routes`."""
+
+    client_max_size = 1024**2  # aiohttp's default
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        app = web.Application(client_max_size=self.client_max_size)
+        self.add_routes(app)
+        self.runner = web.AppRunner(app)
+        self.thread.start()
+
+        async def start() -> None:
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+        asyncio.run_coroutine_threadsafe(start(), self.loop).result()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()

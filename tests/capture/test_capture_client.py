@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import torch
 from aiohttp import web
-from capture_helpers import TINY_VOCAB, http, metric_value, reference_states
+from capture_helpers import TINY_VOCAB, BackgroundWebApp, http, metric_value, reference_states
 from dspark_trainer.capture.engine import CaptureEngine
 from dspark_trainer.capture.server import ServerHandle, ServerSettings, start_capture_server
 from dspark_trainer.config.training import CaptureClientConfig
@@ -109,16 +109,14 @@ def test_retries_dead_server_and_full_queues_without_duplicates(
     assert client.stats.delivered == 8
 
 
-class _Proxy:
+class _Proxy(BackgroundWebApp):
     """Forwards /capture to a real server; `first_answer` may replace the answer to the first attempt of each
     request (after the server wrote the record)."""
 
     def __init__(self, upstream: str) -> None:
+        super().__init__()
         self.upstream = upstream
         self.seen: set[str] = set()
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -134,23 +132,8 @@ class _Proxy:
     def first_answer(self, payload: dict[str, Any]) -> web.Response | None:
         return None
 
-    def __enter__(self) -> _Proxy:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/capture", self.handle)
-        self.runner = web.AppRunner(app)
-        self.thread.start()
-
-        async def start() -> None:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
 
 
 class _LosingProxy(_Proxy):

@@ -7,7 +7,6 @@ import asyncio
 import importlib
 import shutil
 import sys
-import threading
 import tomllib
 import types
 from collections.abc import Iterator
@@ -17,12 +16,12 @@ from typing import Any
 import pytest
 import torch
 from aiohttp import web
-from capture_helpers import TINY_VOCAB, reference_states
+from capture_helpers import TINY_VOCAB, BackgroundWebApp, reference_states
 from dspark_trainer.capture import sglang_plugin as plugin
 from dspark_trainer.capture.engine import CaptureEngine
 from dspark_trainer.config.training import CaptureClientConfig
 from dspark_trainer.data.capture_client import CaptureClient
-from dspark_trainer.testing.mooncake import MooncakeMaster, free_port
+from dspark_trainer.testing.mooncake import MooncakeMaster
 from dspark_trainer.transport import MooncakeTransport, RecordInfo
 from dspark_trainer.transport.record import make_base_key
 from sglang_source import check_target, sglang_source
@@ -263,17 +262,17 @@ def test_copy_to_cpu_hook_passes_through_on_cpu() -> None:
 
 
 # ----------------------------------------------------------------------------- client <-> plugin, end to end
-class _FakeSGLang:
+class _FakeSGLang(BackgroundWebApp):
     """A stand-in for SGLang's /generate: computes the target's states with transformers, packs them like
     SGLang's capture-only mode (with an unrelated request in front in the same batch), and runs the plugin's
     hook on them."""
 
+    client_max_size = 64 << 20
+
     def __init__(self, engine: CaptureEngine, processor: Any) -> None:
+        super().__init__()
         self.engine = engine
         self.processor = processor
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     async def generate(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -294,23 +293,8 @@ class _FakeSGLang:
         meta = {"id": body["rid"], **(req.customized_info or {})}
         return web.json_response({"text": "x", "output_ids": [1], "meta_info": meta})
 
-    def __enter__(self) -> _FakeSGLang:
-        app = web.Application(client_max_size=64 << 20)
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/generate", self.generate)
-        self.runner = web.AppRunner(app)
-        self.thread.start()
-
-        async def start() -> None:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(start(), self.loop).result()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
 
 
 @pytest.mark.mooncake
