@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from capture_helpers import http
 from dspark_trainer.commands.capture_server import parse_layer_ids, parse_size
 from dspark_trainer.testing.mooncake import MooncakeMaster, free_port
+from server_helpers import wait_http_ok
 
 
 def test_argument_parsing() -> None:
@@ -37,16 +37,7 @@ def test_cli_serves_and_stops_on_sigterm(tiny_target: Path, mooncake_master: Moo
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "GLOG_minloglevel": "2"})
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if http(f"{url}/health_generate")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
+        wait_http_ok(f"{url}/health_generate", proc, tmp_path / "server.log", timeout=120)
         status, _, info = http(f"{url}/info")
         assert info["layer_ids"] == [-1, 2, 5] and info["max_seq_len"] == 128
         status, _, ans = http(f"{url}/capture", {"request_id": "cli-1", "input_ids": [3, 1, 4, 1, 5]})

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from regen_helpers import child_env, kill_session, read_jsonl
+from server_helpers import wait_http_ok
 
 
 def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -37,16 +37,7 @@ def test_regenerate_against_the_capture_server(tiny_target: Path, tmp_path: Path
                                   env=env, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert server.poll() is None, (tmp_path / "server.log").read_text()
-                try:
-                    if http(f"{url}/health_generate")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(0.2)
+            wait_http_ok(f"{url}/health_generate", server, tmp_path / "server.log", timeout=180, interval=0.2)
             assert http(f"{url}/v1/models")[1]["data"][0]["id"] == "tiny-target"
 
             inp, out = tmp_path / "prompts.jsonl", tmp_path / "out"
