@@ -55,6 +55,14 @@ def make_job(spec: Mapping[str, Any] | None = None, **kwargs: Any) -> JobView:
     return parse_job(job_body(spec, **kwargs))
 
 
+def assert_invalid(spec: Mapping[str, Any], field: str, words: str) -> None:
+    """The job with `spec` is rejected, naming a field under `field`, with `words` in the message."""
+    job = make_job(spec)
+    assert job.spec is None and job.invalid is not None
+    assert job.invalid.field.startswith(field), job.invalid
+    assert words in job.invalid.message, job.invalid
+
+
 def make_ctx(spec: Mapping[str, Any] | None = None, *, podmonitor: bool = False, name: str = "demo") -> BuildContext:
     job = make_job(spec, name=name)
     assert job.spec is not None, job.invalid

@@ -13,7 +13,7 @@ from dspark_operator.api import parse_job
 from dspark_operator.api.job import parse_spec
 from dspark_operator.api.spec import DSparkTrainingJobSpec
 from dspark_operator.api.status import DSparkTrainingJobStatus
-from operator_helpers import job_body, make_job
+from operator_helpers import assert_invalid, job_body, make_job
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / crdgen.CRD_FILE_NAME
@@ -196,10 +196,7 @@ def test_minimal_spec_defaults() -> None:
     ],
 )
 def test_invalid_specs_name_the_field(spec: dict[str, Any], field: str, words: str) -> None:
-    job = make_job(spec)
-    assert job.spec is None and job.invalid is not None
-    assert job.invalid.field.startswith(field), job.invalid
-    assert words in job.invalid.message, job.invalid
+    assert_invalid(spec, field, words)
 
 
 def test_invalid_name_and_missing_spec() -> None:

@@ -32,7 +32,7 @@ from dspark_operator.settings import Settings
 from dspark_operator.status import JobInfo, Observed, WorkloadInfo, Workloads, decide, job_info
 from dspark_trainer.cli import build_parser
 from dspark_trainer.commands.data import _options
-from operator_helpers import NOW, UID, find, job_body, make_ctx, make_job, observed_up
+from operator_helpers import NOW, UID, assert_invalid, find, job_body, make_ctx, make_job, observed_up
 
 REGEN: dict[str, Any] = {
     "dataset": {"path": "/data/prompts/*.jsonl", "claimName": "prompts", "regenerate": {}},
@@ -97,10 +97,7 @@ def test_crd_schema_of_regenerate() -> None:
     ],
 )
 def test_invalid_regenerate_specs_name_the_field(spec: dict[str, Any], field: str, words: str) -> None:
-    job = make_job(spec)
-    assert job.spec is None and job.invalid is not None
-    assert job.invalid.field.startswith(field), job.invalid
-    assert words in job.invalid.message, job.invalid
+    assert_invalid(spec, field, words)
 
 
 def test_trainer_reads_the_regenerated_dataset() -> None:
