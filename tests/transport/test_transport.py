@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -31,17 +33,24 @@ def _record(t: int = 11, h: int = 16, layers: int = 3, seed: int = 0) -> tuple[l
     return parts, torch.randn(t, h, generator=g).to(torch.bfloat16)
 
 
-def _pair(master: MooncakeMaster, **overrides: object) -> tuple[MooncakeTransport, MooncakeTransport]:
+@contextlib.contextmanager
+def _pair(master: MooncakeMaster, **overrides: object) -> Iterator[tuple[MooncakeTransport, MooncakeTransport]]:
+    """A connected writer and reader (no segment of its own) on `master`, closed afterwards."""
     cfg = master.transport_config(**overrides)
     writer = MooncakeTransport(cfg, name="writer").connect()
     reader = MooncakeTransport(cfg, segment_size=0, name="reader").connect()
-    return writer, reader
+    try:
+        yield writer, reader
+    finally:
+        writer.close()
+        reader.close()
 
 
 def test_put_get_delete_round_trip_leaves_store_empty(mooncake_master: MooncakeMaster) -> None:
-    writer, reader = _pair(mooncake_master)
-    pool = reader.new_buffer_pool(max_buffers=4)
-    try:
+    with (
+        _pair(mooncake_master) as (writer, reader),
+        contextlib.closing(reader.new_buffer_pool(max_buffers=4)) as pool,
+    ):
         records = []
         expected = {}
         for i in range(3):
@@ -70,16 +79,13 @@ def test_put_get_delete_round_trip_leaves_store_empty(mooncake_master: MooncakeM
         assert mooncake_master.key_count() == 0
         # deleting again is fine
         assert reader.delete_records([i.base for i in infos]) == 0
-    finally:
-        pool.close()
-        writer.close()
-        reader.close()
 
 
 def test_missing_record_is_a_clear_error(mooncake_master: MooncakeMaster) -> None:
-    writer, reader = _pair(mooncake_master, not_found_timeout_seconds=0.3)
-    pool = reader.new_buffer_pool()
-    try:
+    with (
+        _pair(mooncake_master, not_found_timeout_seconds=0.3) as (writer, reader),
+        contextlib.closing(reader.new_buffer_pool()) as pool,
+    ):
         parts, last = _record()
         base = make_base_key("gone")
         (res,) = writer.put_records([(base, {"hidden": parts, "last_hidden": last})])
@@ -88,16 +94,13 @@ def test_missing_record_is_a_clear_error(mooncake_master: MooncakeMaster) -> Non
             reader.get_records([res.info], pool)
         assert exc.value.missing == [base]
         assert pool.in_use == 0
-    finally:
-        pool.close()
-        writer.close()
-        reader.close()
 
 
 def test_key_not_there_yet_is_retried(mooncake_master: MooncakeMaster) -> None:
-    writer, reader = _pair(mooncake_master, not_found_timeout_seconds=5.0)
-    pool = reader.new_buffer_pool()
-    try:
+    with (
+        _pair(mooncake_master, not_found_timeout_seconds=5.0) as (writer, reader),
+        contextlib.closing(reader.new_buffer_pool()) as pool,
+    ):
         parts, last = _record()
         base = make_base_key("late")
         timer = threading.Timer(0.5, lambda: writer.put_records([(base, {"hidden": parts, "last_hidden": last})]))
@@ -109,16 +112,11 @@ def test_key_not_there_yet_is_retried(mooncake_master: MooncakeMaster) -> None:
         f.release()
         timer.join()
         reader.delete_records([base])
-    finally:
-        pool.close()
-        writer.close()
-        reader.close()
 
 
 def test_full_store_back_pressure(mooncake_master: MooncakeMaster) -> None:
     """Records are hard-pinned: a full store is never evicted; writes wait, then fail clearly."""
-    writer, reader = _pair(mooncake_master, global_segment_size=16 * MIB, put_timeout_seconds=0.5)
-    try:
+    with _pair(mooncake_master, global_segment_size=16 * MIB, put_timeout_seconds=0.5) as (writer, reader):
         big = torch.zeros(3 * MIB, dtype=torch.uint8)
         bases = []
         with pytest.raises(StoreFullError, match="stayed full"):
@@ -137,15 +135,13 @@ def test_full_store_back_pressure(mooncake_master: MooncakeMaster) -> None:
         t0 = time.monotonic()
         writer.put_records([(make_base_key("after"), {"hidden": big})])
         assert time.monotonic() - t0 >= 0.4
-    finally:
-        writer.close()
-        reader.close()
 
 
 def test_master_restart(mooncake_master: MooncakeMaster) -> None:
-    writer, reader = _pair(mooncake_master, unavailable_timeout_seconds=1.0, not_found_timeout_seconds=0.2)
-    pool = reader.new_buffer_pool()
-    try:
+    with (
+        _pair(mooncake_master, unavailable_timeout_seconds=1.0, not_found_timeout_seconds=0.2) as (writer, reader),
+        contextlib.closing(reader.new_buffer_pool()) as pool,
+    ):
         parts, last = _record()
         base = make_base_key("before")
         (res,) = writer.put_records([(base, {"hidden": parts, "last_hidden": last})])
@@ -171,15 +167,10 @@ def test_master_restart(mooncake_master: MooncakeMaster) -> None:
         f.release()
         reader.delete_records([again.info.base])
         assert mooncake_master.key_count() == 0
-    finally:
-        pool.close()
-        writer.close()
-        reader.close()
 
 
 def test_delete_request_removes_every_attempt(mooncake_master: MooncakeMaster) -> None:
-    writer, reader = _pair(mooncake_master)
-    try:
+    with _pair(mooncake_master) as (writer, reader):
         parts, last = _record()
         for _ in range(3):
             writer.put_records([(make_base_key("dup-1"), {"hidden": parts, "last_hidden": last})])
@@ -188,14 +179,10 @@ def test_delete_request_removes_every_attempt(mooncake_master: MooncakeMaster) -
         assert reader.delete_request("dup-1") == 6
         assert mooncake_master.key_count() == 2
         assert reader.delete_request("dup-10") == 2
-    finally:
-        writer.close()
-        reader.close()
 
 
 def test_janitor_expires_old_minutes_only(mooncake_master: MooncakeMaster) -> None:
-    writer, _ = _pair(mooncake_master)
-    try:
+    with _pair(mooncake_master) as (writer, _):
         parts, last = _record()
         now = time.time()
         old = make_base_key("old", now=now - 3600)
@@ -207,15 +194,13 @@ def test_janitor_expires_old_minutes_only(mooncake_master: MooncakeMaster) -> No
         assert not writer.exists(f"{old}/hidden")
         assert writer.exists(f"{fresh}/hidden")
         assert janitor.sweep(now) == 0  # nothing new to sweep
-    finally:
-        writer.close()
-        _.close()
 
 
 def test_buffer_pool_reuse_and_exhaustion(mooncake_master: MooncakeMaster) -> None:
-    writer, reader = _pair(mooncake_master)
-    pool = reader.new_buffer_pool(max_buffers=2)
-    try:
+    with (
+        _pair(mooncake_master) as (writer, reader),
+        contextlib.closing(reader.new_buffer_pool(max_buffers=2)) as pool,
+    ):
         parts, last = _record()
         base = make_base_key("pool")
         (res,) = writer.put_records([(base, {"hidden": parts, "last_hidden": last})])
@@ -229,7 +214,3 @@ def test_buffer_pool_reuse_and_exhaustion(mooncake_master: MooncakeMaster) -> No
         assert c.buffer is not None and c.buffer.ptr == ptr  # reused, not reallocated
         b.release()
         c.release()
-    finally:
-        pool.close()
-        writer.close()
-        reader.close()
