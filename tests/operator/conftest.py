@@ -11,8 +11,10 @@ from dspark_trainer.testing.cluster import LocalCluster, NodeSpec
 from operator_cluster_env import REPO, OperatorEnv
 
 CRD = REPO / "crds" / "dsparktrainingjobs.dspark.io.yaml"
-# More GPU nodes than the cluster's default two, so both examples and the other tests fit at once.
-EXTRA_NODES = tuple(NodeSpec(f"dspark-op-gpu-{i}", gpus=8, rdma=8) for i in range(4))
+# More GPU nodes than the cluster's default four, so both examples and the other tests fit at once:
+# the scheduler spreads the 1-GPU inference pods over the emptiest nodes, and each 8-GPU trainer pod
+# then needs a node with no inference pod on it.
+EXTRA_NODES = tuple(NodeSpec(f"dspark-op-gpu-{i}", gpus=8, rdma=8) for i in range(8))
 
 
 @pytest.fixture(scope="session")
