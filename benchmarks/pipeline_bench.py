@@ -65,6 +65,14 @@ def histogram(text: str, name: str) -> dict[str, float]:
     return values
 
 
+def gauge(text: str, name: str) -> float | None:
+    """The value of an unlabelled gauge in Prometheus text format, or None when absent."""
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
@@ -108,6 +116,7 @@ def main() -> int:
         "step_seconds": histogram(text, "dspark_train_step_seconds"),
         "data_wait_seconds": histogram(text, "dspark_train_data_wait_seconds"),
         "transport_get_seconds": histogram(text, "dspark_transport_get_seconds"),
+        "gpu_memory_peak_bytes": gauge(text, "dspark_train_gpu_memory_peak_bytes"),
     }
     print(json.dumps(result, indent=2))
     if args.out:

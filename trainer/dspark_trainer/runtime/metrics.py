@@ -61,6 +61,9 @@ class TrainerMetrics:
         self.grad_norm = Gauge("dspark_train_grad_norm", "Global gradient norm before clipping.", registry=r)
         self.learning_rate = Gauge("dspark_train_learning_rate", "Learning rate of the last step.", registry=r)
         self.samples_per_second = Gauge("dspark_train_samples_per_second", "Recent training throughput.", registry=r)
+        self.gpu_memory_peak_bytes = Gauge(
+            "dspark_train_gpu_memory_peak_bytes",
+            "Peak GPU memory allocated by torch on any rank since the start (0 on CPU).", registry=r)
         self.step_seconds = Histogram("dspark_train_step_seconds", "Wall time of one optimizer step.",
                                       buckets=STEP_BUCKETS, registry=r)
         self.data_wait_seconds = Histogram(

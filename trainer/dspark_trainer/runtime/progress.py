@@ -38,6 +38,7 @@ class Progress:
     learning_rate: float | None = None
     throughput: float | None = None  # samples per second, recent
     tokens_per_second: float | None = None
+    gpu_memory_peak_bytes: int | None = None  # max over ranks; None on CPU
     last_checkpoint: str | None = None
     last_checkpoint_step: int | None = None
     checkpoint_ack: str | None = None

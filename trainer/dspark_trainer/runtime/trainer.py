@@ -232,6 +232,7 @@ class TrainingRun:
              sum(c.nbytes for c in captured)], dtype=torch.float64, device=self.ctx.device)
         counts = all_reduce_sum(local_counts).tolist()
         wait_max = float(all_reduce_max(torch.tensor([waited], dtype=torch.float64, device=self.ctx.device)).item())
+        peak_memory = self._peak_gpu_memory()
         get_seconds = [s for per_rank in all_gather_objects([c.fetch_seconds for c in captured]) for s in per_rank]
         if self.sample_log:
             self.sample_log.write(self.step, [c.sample.uid for c in captured])
@@ -240,10 +241,18 @@ class TrainingRun:
         self.tokens += n_tokens
         self.skipped += n_skipped
         self._publish_step(result, time.perf_counter() - started, wait_max, n_samples, n_tokens, n_skipped,
-                           n_bytes, get_seconds)
+                           n_bytes, get_seconds, peak_memory)
+
+    def _peak_gpu_memory(self) -> int | None:
+        """Peak bytes torch allocated on any rank's GPU since the start; None on CPU."""
+        if self.ctx.device.type != "cuda":
+            return None
+        local = torch.tensor([float(torch.cuda.max_memory_allocated(self.ctx.device))], dtype=torch.float64,
+                             device=self.ctx.device)
+        return int(all_reduce_max(local).item())
 
     def _publish_step(self, result: StepResult, seconds: float, wait: float, n_samples: int, n_tokens: int,
-                      n_skipped: int, n_bytes: int, get_seconds: list[float]) -> None:
+                      n_skipped: int, n_bytes: int, get_seconds: list[float], peak_memory: int | None) -> None:
         m, q = self.metrics, result.quality
         m.step.set(self.step)
         m.epoch.set(epochs_done(self.plan, self.step))
@@ -263,20 +272,23 @@ class TrainingRun:
         snap = self.board.snapshot()
         if snap.throughput is not None:
             m.samples_per_second.set(snap.throughput)
+        if peak_memory is not None:
+            m.gpu_memory_peak_bytes.set(peak_memory)
         self.board.update(
             step=self.step, epoch=epochs_done(self.plan, self.step), samples=self.samples, tokens=self.tokens,
             skipped_samples=self.skipped, loss=q.loss.get("total"), loss_terms=dict(q.loss), tau=q.tau,
             accept_rate=list(q.accept_rate), acc=list(q.acc), sim_acc_len=q.sim_acc_len,
-            grad_norm=result.grad_norm, learning_rate=result.learning_rate,
+            grad_norm=result.grad_norm, learning_rate=result.learning_rate, gpu_memory_peak_bytes=peak_memory,
         )
         if not result.applied:
             log.warning("step %d: non-finite gradient norm, update skipped", self.step)
         every = self.config.runtime.log_interval_steps
         if self.ctx.is_main and (self.step % every == 0 or self.step in (1, self.plan.total_steps)):
+            memory = "" if peak_memory is None else f" peak GPU memory {peak_memory / 2**30:.1f} GiB"
             log.info(
-                "step %d/%d loss %.4f tau %.3f lr %.2e grad %.3f %.1f samples/s wait %.2fs",
+                "step %d/%d loss %.4f tau %.3f lr %.2e grad %.3f %.1f samples/s wait %.2fs%s",
                 self.step, self.plan.total_steps, q.loss.get("total", float("nan")), q.tau, result.learning_rate,
-                result.grad_norm, snap.throughput or 0.0, wait,
+                result.grad_norm, snap.throughput or 0.0, wait, memory,
             )
         self._report()
 
