@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from module_loader import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "dspark-operator"
@@ -255,14 +255,7 @@ def cache_root() -> Path:
 def sglang_source() -> Path:
     """The unpacked wheel of the SGLang pinned in the `serving` extra (its top holds `sglang/` and the
     dist-info), through the capture tests' cache helper (tests/capture/sglang_source.py)."""
-    name = "sglang_source"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "capture" / "sglang_source.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+    module = load_module("sglang_source", REPO / "tests" / "capture" / "sglang_source.py")
     try:
         return Path(module.sglang_source(pinned("serving", "sglang")))
     except (subprocess.SubprocessError, RuntimeError, OSError) as e:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from dspark_operator.devtools import small_job_manifest
 from dspark_trainer.status_reporter import StatusReporter
+from module_loader import load_module
 from operator_cluster_env import REPO, OperatorEnv
 
 pytestmark = pytest.mark.cluster
@@ -463,22 +464,20 @@ def test_fifty_jobs_applied_at_once_all_reach_running(dsj_env: OperatorEnv, k8s_
     assert 'dspark_operator_jobs{phase="Running"}' in text
 
 
-PODMONITOR_CRD = (
-    Path.home()
-    / ".cache/dspark-k8s/go/mod/github.com/prometheus-operator/prometheus-operator@v0.85.0"
-    / "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"
-)
+def podmonitor_crd() -> Path:
+    """The real PodMonitor CRD, from the Prometheus Operator Go module that the deploy tests pin and cache."""
+    module = load_module("deploy_helpers", REPO / "tests" / "deploy" / "deploy_helpers.py")
+    return next(p for p in module.monitoring_crds() if p.name.endswith("_podmonitors.yaml"))
 
 
 def test_podmonitor_created_when_the_prometheus_operator_api_exists(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
-    """Uses the real PodMonitor CRD (from the Prometheus Operator module the deploy tests fetch into the cache)."""
-    if not PODMONITOR_CRD.exists():
-        pytest.skip(f"{PODMONITOR_CRD} not in the cache (fetched by tests/deploy)")
+    """Uses the real PodMonitor CRD of the pinned Prometheus Operator module."""
+    crd_file = podmonitor_crd()
     env, ns = dsj_env, k8s_namespace
     crd_name = "podmonitors.monitoring.coreos.com"
     crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_name}"
     existed = env.get(crd_path) is not None
-    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(PODMONITOR_CRD))
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
     try:
         env.wait(lambda: env.cluster.crd_established(crd_name), what="the PodMonitor CRD")
         env.operator.restart()  # the API's presence is cached for a few minutes
