@@ -7,6 +7,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Self
@@ -71,7 +72,7 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-class BackgroundWebApp:
+class BackgroundWebApp(ABC):
     """An aiohttp application on a free 127.0.0.1 port, served by an event loop in a daemon thread for the
     duration of a `with` block. Subclasses call `super().__init__()` and add their handlers in `add_routes`."""
 
@@ -82,8 +83,9 @@ class BackgroundWebApp:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
+    @abstractmethod
     def add_routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+        """Register the subclass's handlers on `app`."""
 
     def __enter__(self) -> Self:
         app = web.Application(client_max_size=self.client_max_size)
