@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo          run the whole pipeline on this machine (embedded default)"
-	@echo "make test          install everything the tests need and run them"
+	@echo "make test          install everything the tests need, lint, and run the tests"
 	@echo "make lint          ruff + mypy"
 	@echo "make cluster-up    start the local test Kubernetes control plane (kubeconfig in .cluster/)"
 	@echo "make cluster-down  stop it"
@@ -34,7 +34,7 @@ cluster-bins: venv
 demo: venv system-deps
 	$(VENV)/bin/dspark train --local
 
-test: venv system-deps cluster-bins
+test: venv system-deps cluster-bins lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
