@@ -4,6 +4,8 @@ loads them, bit-identical round trips, and reading only the embedding/LM head of
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,18 @@ def test_round_trip_is_bit_identical(tiny_target: Path, tmp_path: Path) -> None:
     bf = load_draft(tmp_path / "bf16")
     for name, t in bf.state_dict().items():
         assert t.dtype == torch.bfloat16 and torch.equal(t, state[name].to(torch.bfloat16)), name
+
+
+def test_exported_files_are_readable_by_other_users(tiny_target: Path, tmp_path: Path) -> None:
+    """A serving pod often runs as another user than the trainer: the files get 0666 minus the umask."""
+    model = build_draft_model(tiny_target, DraftOptions(**OPTS), seed=0)
+    old = os.umask(0o022)
+    try:
+        export_draft(model, tmp_path / "draft")
+    finally:
+        os.umask(old)
+    for fname in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / "draft" / fname).stat().st_mode) == 0o644, fname
 
 
 def test_export_refuses_a_state_that_does_not_fit(tiny_target: Path, tmp_path: Path) -> None:
