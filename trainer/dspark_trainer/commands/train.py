@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from typing import NoReturn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,4 +66,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from dspark_trainer.runtime.main import run as run_trainer
 
-    return run_trainer(config, exit_on_complete=args.exit_on_complete)
+    code = run_trainer(config, exit_on_complete=args.exit_on_complete)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        exit_worker_now(code)
+    return code
+
+
+def exit_worker_now(code: int) -> NoReturn:
+    """End a torchrun worker whose run is over without the interpreter's teardown.
+
+    Everything the run writes is written and closed by now; what teardown would still do is destroy
+    the C++ threads of torch's distributed runtime, which intermittently aborts the process
+    ("terminate called without an active exception", exit -6) and makes torchrun report a finished
+    run as failed. Errors never come here: they propagate as exceptions.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

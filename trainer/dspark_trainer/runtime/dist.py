@@ -83,9 +83,16 @@ def init_distributed(device_kind: Literal["auto", "cpu", "cuda"], timeout_second
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, backend=backend)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(*, together: bool = False) -> None:
+    """Leave the process group. With ``together`` (the normal end of a run) every rank first meets at a
+    barrier, so no rank tears down its connections while a peer is still using them: gloo aborts a
+    process ("terminate called without an active exception") whose peer closed a pair mid-operation.
+    Error paths leave without the barrier, which could wait for a dead peer until the timeout."""
+    if not dist.is_initialized():
+        return
+    if together and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

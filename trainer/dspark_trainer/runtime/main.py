@@ -119,7 +119,7 @@ def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
                     metrics.completed.set(1)
             finally:
                 training.close()
-            shutdown_distributed()
+            shutdown_distributed(together=True)
         if status is not None:
             fields = board.status_fields()
             if outcome == "completed":
