@@ -15,8 +15,12 @@ gradient reduce-scatter included) and the optimizer step (grad-norm clip + AdamW
   lean            the frozen embedding and LM head kept out of FSDP (``ignored_params``), replicated in
                   bf16 (no all-gather of 1.2 B frozen values per forward, no fp32 copy of them), fused AdamW
   lean_noreshard  lean + ``reshard_after_forward=False`` for the decoder layers (no all-gather in backward)
+  runtime_defer   runtime, with the gradient reduce-scatter only after the last micro-batch of a step (the
+                  trainer's default since ``runtime.reduceGradientsEveryMicroBatch`` exists): micro-batches
+                  are timed without gradient sync, plus one synchronised last micro-batch per step
 
-samples/s per GPU = 1 / (micro-batch time + optimizer time / accumulation), where the accumulation is
+samples/s per GPU = 1 / (micro-batch time + (extra time of the step's last micro-batch + optimizer time) /
+accumulation) (the extra time is 0 unless the setting defers the gradient sync), where the accumulation is
 the recipe's global batch (512) / GPUs micro-batches per optimizer step; the value with an optimizer
 step after every micro-batch is reported too. The slowest rank's median is used.
 """
@@ -53,7 +57,7 @@ def build(cfg: Any, setting: str, device: torch.device, world: int, chunk: int) 
     with torch.device(device):
         model = DSparkDraftModel(cfg, loss_chunk_size=chunk)
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if setting == "runtime":
+    if setting in ("runtime", "runtime_defer"):
         shard_model(model, list(model.layers), device, world, compute)
         return model, build_optimizer(model, OptimizerConfig(learning_rate=6e-4, weight_decay=0.0))
     if setting == "old_runtime":
@@ -113,7 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--settings", default="runtime,lean,lean_noreshard")
+    parser.add_argument("--settings", default="runtime_defer,runtime,lean_noreshard")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--opt-steps", type=int, default=3)
@@ -147,31 +151,44 @@ def main() -> int:
 
             micro = make_micro(model, batch, world)
 
+            defer = setting.endswith("_defer")
             for _ in range(args.warmup):
+                if defer:
+                    model.set_requires_gradient_sync(False)
+                    micro()
+                    model.set_requires_gradient_sync(True)
                 micro()
                 opt_step(model, opt)
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             warm_s = time.perf_counter() - started
+            if defer:
+                model.set_requires_gradient_sync(False)
             mb = [timed(device, micro) for _ in range(args.steps)]
+            last = statistics.median(mb)
+            if defer:
+                model.set_requires_gradient_sync(True)
+                last = timed(device, micro)
             opt_step(model, opt)  # apply (and clear) the timed micro-batches' accumulated gradients
             op = []
             for _ in range(args.opt_steps):
                 micro()
                 op.append(timed(device, functools.partial(opt_step, model, opt)))
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-            local_stats = torch.tensor([statistics.median(mb), statistics.median(op), peak, max(mb) - min(mb)],
+            local_stats = torch.tensor([statistics.median(mb), statistics.median(op), peak, max(mb) - min(mb), last],
                                        dtype=torch.float64, device=device)
             gathered = [torch.zeros_like(local_stats) for _ in range(world)]
             dist.all_gather(gathered, local_stats)
             rows = torch.stack(gathered).cpu()
             mb_s, op_s, peak_g = float(rows[:, 0].max()), float(rows[:, 1].max()), float(rows[:, 2].max())
-            sps = 1.0 / (mb_s + op_s / accum)
+            last_s = float(rows[:, 4].max())
+            extra_s = max(0.0, last_s - mb_s)
+            sps = 1.0 / (mb_s + (extra_s + op_s) / accum)
             res = {
                 "setting": setting, "world": world, "device": name, "micro_batch_s": mb_s, "optimizer_s": op_s,
-                "micro_batch_spread_s": float(rows[:, 3].max()),
-                "samples_per_s_per_gpu": sps, "samples_per_s_per_gpu_opt_each": 1.0 / (mb_s + op_s),
+                "micro_batch_spread_s": float(rows[:, 3].max()), "last_micro_batch_s": last_s,
+                "samples_per_s_per_gpu": sps, "samples_per_s_per_gpu_opt_each": 1.0 / (last_s + op_s),
                 "mfu": sps * flops_per_sample(s) / (peak_tflops(name) * 1e12), "peak_gib_max_rank": peak_g,
                 "per_rank_micro_batch_s": rows[:, 0].tolist(), "accumulation": accum, "warmup_s": warm_s,
             }

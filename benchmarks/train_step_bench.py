@@ -15,12 +15,19 @@ process and on the same weights, each variant:
   fused_compiled  + compiled per-row vocabulary math, target logits once per distinct position
   full            + compiled decoder layers (the default on CUDA)
   full_h2d        full, the batch copied from pinned host memory on a side stream, one sample ahead
+  full_split      full, with SplitMasterAdamW (dspark_trainer.optim): the fp32 master kept as the bf16
+                  parameter + an int16 residual (exact, 2 bytes/value instead of 4)
+  full_split_c512 full_split with vocabulary chunks of 512 rows instead of 1024 (smaller loss buffers)
+  full_offload    full_split with the AdamW moments in pinned host memory, streamed per bucket at the
+                  optimizer step (-8 bytes/value on the GPU; the copies are amortised over a step's
+                  micro-batches like the step itself)
 
 Per variant: the median step time and its split (forward, loss/logits = vocabulary projection and loss
 forward + its backward, backward, optimizer) from CUDA events, samples/s, MFU by the count
 (benchmarks/flops.py, 37.4 TFLOP/sample) against the card's bf16 dense peak, the FLOPs actually run,
-and peak memory (torch.cuda.max_memory_allocated, optimizer state included). Parameters are bf16 with
-fp32 master weights and fp32 AdamW moments (bucketed fused AdamW, so no fp32 copy of all gradients).
+and peak memory (torch.cuda.max_memory_allocated, optimizer state included; also per phase, to show
+where the peak is). Parameters are bf16 with fp32 master weights and fp32 AdamW moments (bucketed
+fused AdamW, so no fp32 copy of all gradients; ``full_split``/``full_offload``: see above).
 ``--check`` compares every variant's loss and gradients with the eager reference first.
 """
 
@@ -44,6 +51,7 @@ from dspark_trainer.loss import vocab as vocab_mod
 from dspark_trainer.model.anchors import sample_anchors
 from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config
 from dspark_trainer.model.draft import DSparkDraftModel
+from dspark_trainer.optim.split_master import SplitMasterAdamW
 from eager_reference import eager_loss, relative_error
 from flops import Shape, executed_flops, flops_per_sample, peak_tflops
 
@@ -54,7 +62,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fused_compiled": {"fused_loss": True, "dedupe_target": True, "compile_layers": False, "compile_loss": True},
     "full": {"fused_loss": True, "dedupe_target": True, "compile_layers": True, "compile_loss": True},
     "full_h2d": {"fused_loss": True, "dedupe_target": True, "compile_layers": True, "compile_loss": True},
+    "full_split": {"fused_loss": True, "dedupe_target": True, "compile_layers": True, "compile_loss": True},
+    "full_split_c512": {"fused_loss": True, "dedupe_target": True, "compile_layers": True, "compile_loss": True,
+                        "loss_chunk_fraction": 0.5},
+    "full_offload": {"fused_loss": True, "dedupe_target": True, "compile_layers": True, "compile_loss": True},
 }
+# the optimizer each variant runs with (variants are run in this order; the optimizer is rebuilt when it changes)
+OPTIMIZER_OF = {"full_split": "split", "full_split_c512": "split", "full_offload": "split_offload"}
+DEFAULT_LOSS_CHUNK = {"full": 1024, "tiny": 40}
 CPU_FLAGS = {"compile_layers": False, "compile_loss": False}
 
 
@@ -128,18 +143,29 @@ class MasterAdamW:
             p.grad = None
 
 
+def build_optimizer(kind: str, params: list[torch.nn.Parameter]) -> MasterAdamW | SplitMasterAdamW:
+    """master: fp32 master copies (MasterAdamW); split / split_offload: SplitMasterAdamW."""
+    if kind == "master":
+        return MasterAdamW(params)
+    return SplitMasterAdamW(params, lr=6e-4, offload_moments=kind == "split_offload")
+
+
 class Timer:
     """CUDA events (or host clocks on CPU) at named marks of one step."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.marks: list[tuple[str, Any]] = []
+        self.peaks: dict[str, int] = {}
 
     def mark(self, name: str) -> None:
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
             self.marks.append((name, ev))
+            # the allocator's peak since the previous mark (host-side bookkeeping, no synchronisation)
+            self.peaks[name] = max(self.peaks.get(name, 0), torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
         else:
             self.marks.append((name, time.perf_counter()))
 
@@ -218,6 +244,8 @@ def configure(model: DSparkDraftModel, variant: str, device: torch.device) -> No
     flags = dict(VARIANTS[variant])
     if device.type != "cuda":
         flags.update(CPU_FLAGS)
+    base_chunk = DEFAULT_LOSS_CHUNK["tiny" if model.config.hidden_size < 1024 else "full"]
+    model.loss_chunk_size = int(base_chunk * float(flags.pop("loss_chunk_fraction", 1.0)))
     for key, value in flags.items():
         setattr(model, key, value)
 
@@ -242,13 +270,15 @@ def check_against_eager(model: DSparkDraftModel, variants: list[str], b: dict[st
     return res
 
 
-def bench_variant(model: DSparkDraftModel, opt: MasterAdamW, variant: str, batches: list[dict[str, torch.Tensor]],
+def bench_variant(model: DSparkDraftModel, opt: MasterAdamW | SplitMasterAdamW, variant: str,
+                  batches: list[dict[str, torch.Tensor]],
                   device: torch.device, steps: int, warmup: int, denom: float,
                   host_batches: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     configure(model, variant, device)
     timer_ref: list[Timer | None] = [None]
     rows: list[dict[str, float]] = []
     info: dict[str, float] = {}
+    phase_peaks: dict[str, int] = {}
     copy_stream = torch.cuda.Stream() if (host_batches and device.type == "cuda") else None
 
     def fetch(i: int) -> tuple[dict[str, torch.Tensor], Any]:
@@ -283,6 +313,7 @@ def bench_variant(model: DSparkDraftModel, opt: MasterAdamW, variant: str, batch
                 d = timer.durations()
                 d["step"] = timer.total("start", "optimizer")
                 rows.append(d)
+                phase_peaks = dict(timer.peaks)
             if i == warmup - 1:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -302,7 +333,10 @@ def bench_variant(model: DSparkDraftModel, opt: MasterAdamW, variant: str, batch
         "optimizer_s": med["optimizer"],
         "fwd_bwd_s": med["step"] - med["optimizer"],
         "warmup_s": compile_s,
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
+        "peak_gib": (max([torch.cuda.max_memory_allocated(), *phase_peaks.values()]) / 2**30
+                     if device.type == "cuda" else float("nan")),
+        "peak_gib_by_phase": {k: v / 2**30 for k, v in phase_peaks.items()},
+        "allocated_gib_after_step": torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
         "target_rows": info.get("target_rows", float("nan")),
         "draft_rows": info.get("draft_rows", float("nan")),
     }
@@ -316,6 +350,7 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true", help="bf16 parameters on CPU too (always on CUDA)")
     parser.add_argument("--check", action="store_true", help="compare every variant with the eager reference")
     parser.add_argument("--accum", type=int, default=512,
                         help="micro-batches per optimizer step for the amortised samples/s (recipe: 512 / GPUs)")
@@ -325,12 +360,13 @@ def main() -> int:
     device = torch.device(args.device)
     s = shape_for(args.tiny)
     cfg = model_config(s)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.type == "cuda" or args.bf16 else torch.float32
     torch.manual_seed(0)
     prev_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     with torch.device(device):
-        model = DSparkDraftModel(cfg, attention_backend="auto", loss_chunk_size=1024 if not args.tiny else 40)
+        model = DSparkDraftModel(cfg, attention_backend="auto",
+                                 loss_chunk_size=DEFAULT_LOSS_CHUNK["tiny" if args.tiny else "full"])
     torch.set_default_dtype(prev_dtype)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -349,8 +385,20 @@ def main() -> int:
     if args.check:
         result["check"] = check_against_eager(model, variants, batches[0], denom)
         print("check vs eager:", json.dumps(result["check"]), flush=True)
-    opt = MasterAdamW(params)
+    opt: MasterAdamW | SplitMasterAdamW | None = None
+    opt_kind = ""
     for v in variants:
+        kind = OPTIMIZER_OF.get(v, "master")
+        if kind != "master" and dtype != torch.bfloat16:
+            print(f"variant {v} skipped: SplitMasterAdamW keeps bf16 parameters (this run is {dtype})", flush=True)
+            continue
+        if kind != opt_kind:  # free the previous optimizer's state first, so that its memory is not counted
+            opt = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            opt = build_optimizer(kind, params)
+            opt_kind = kind
+        assert opt is not None
         try:
             r = bench_variant(model, opt, v, batches, device, args.steps, args.warmup, denom,
                               host if v.endswith("_h2d") else None)

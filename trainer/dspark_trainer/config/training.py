@@ -167,6 +167,14 @@ class RuntimeConfig(ConfigModel):
         None, description="Write the sample ids of every optimizer step, one jsonl file per rank (audits, tests)."
     )
     dist_timeout_seconds: float = Field(1800.0, gt=0, description="Timeout of collective operations.")
+    reduce_gradients_every_micro_batch: bool = Field(
+        False,
+        description=(
+            "Reduce-scatter the gradients after every micro-batch (least memory). Default false: the ranks "
+            "accumulate unsharded fp32 gradients over a step's micro-batches and reduce them once, after the "
+            "last one (less communication; costs one fp32 copy of the trainable parameters per rank)."
+        ),
+    )
 
 
 class TrainerConfig(ConfigModel):

@@ -3,7 +3,9 @@
 1. Every micro-batch is prepared (anchors sampled); the local denominators are summed over the
    micro-batches and all-reduced over ranks BEFORE any backward pass.
 2. Each micro-batch's loss (its weighted sum / global denominator x world size) is backpropagated;
-   FSDP2 averages the gradients over ranks, so the update equals one big batch's.
+   FSDP2 averages the gradients over ranks, so the update equals one big batch's. By default the
+   reduction runs once, after the last micro-batch (the earlier ones accumulate unsharded fp32
+   gradients); ``runtime.reduceGradientsEveryMicroBatch`` reduces after each one instead.
 3. Gradients are clipped, the optimizer and the schedule step, and the statistics are all-reduced.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 from dspark_trainer.data.batching import MicroBatch
 from dspark_trainer.runtime.dist import all_reduce_sum
@@ -57,6 +60,12 @@ def global_denominator(api: DraftAPI, prepared: Sequence[object], device: torch.
     return all_reduce_sum(local)[0]
 
 
+def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:
+    """Turn FSDP2's gradient reduction on or off for the next backward (no-op for a plain module)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+
+
 def train_step(
     model: torch.nn.Module,
     api: DraftAPI,
@@ -67,14 +76,19 @@ def train_step(
     device: torch.device,
     world_size: int,
     grad_clip: float,
+    defer_gradient_sync: bool = False,
 ) -> StepResult:
+    """``defer_gradient_sync``: reduce the gradients only after the last micro-batch (FSDP2 keeps the
+    earlier micro-batches' unsharded gradients, accumulated in fp32, until then)."""
     model.train()
     lr = float(optimizer.param_groups[0]["lr"])
     prepared = [api.prepare(model, mb) for mb in micro_batches]
     denom = global_denominator(api, prepared, device)
     denom_for_loss = denom.clamp(min=MIN_DENOMINATOR).to(torch.float32)
     totals: dict[str, torch.Tensor] = {}
-    for p in prepared:
+    for i, p in enumerate(prepared):
+        if defer_gradient_sync:
+            set_gradient_sync(model, i == len(prepared) - 1)
         loss, stats = api.loss_and_stats(model, p, denom_for_loss, world_size)
         loss.backward()
         add_stats(totals, stats)

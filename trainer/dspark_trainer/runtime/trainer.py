@@ -224,6 +224,7 @@ class TrainingRun:
         result = train_step(
             self.model, self.api, self.optimizer, self.scheduler, batches,
             device=self.ctx.device, world_size=self.ctx.world_size, grad_clip=self.config.optimizer.grad_clip,
+            defer_gradient_sync=not self.config.runtime.reduce_gradients_every_micro_batch,
         )
         self.step += 1
         self.cursor = captured[-1].sample.next_position
