@@ -1,7 +1,8 @@
-"""The full pipeline (Mooncake master + reference capture server + torchrun trainer) at the DSpark
+"""The full pipeline (Mooncake master + reference capture server(s) + torchrun trainer) at the DSpark
 Qwen3-8B draft shape, measuring how much of a training step waits for hidden states (issue 8).
 
-    python benchmarks/pipeline_gpu_run.py --nproc 2 --capture-gpu 2 --steps 40 --out results/
+    python benchmarks/pipeline_gpu_run.py --nproc 2 --capture-gpus 2 --steps 40 --out results/
+    python benchmarks/pipeline_gpu_run.py --nproc 2 --capture-gpus 2,3 --steps 40 --out results/  # 2 servers
     python benchmarks/pipeline_gpu_run.py --device cpu --tiny --steps 6          # CPU smoke test
 
 It drives ``benchmarks/pipeline_bench.py`` (the trainer engineer's script: ``bench_config`` +
@@ -13,8 +14,12 @@ It drives ``benchmarks/pipeline_bench.py`` (the trainer engineer's script: ``ben
 - the published draft shape: block 7, 5 draft layers, 512 anchors, 5 captured layers, Markov rank 256;
 - long samples (``--max-length`` 2048): conversations whose assistant turns concatenate many demo
   replies, so that each sample carries T x 5 x 4096 bf16 hidden states (84 MB at T = 2048);
-- the capture server on its own GPU (``--capture-gpu``), as in a deployment, so the trainer ranks
-  (cuda:0 .. nproc-1) do not share their GPU with the target.
+- the capture server on its own GPU (``--capture-gpus 2``), as in a deployment, so the trainer ranks
+  (cuda:0 .. nproc-1) do not share their GPU with the target; or several capture servers, one per GPU
+  (``--capture-gpus 2,3``), all feeding the one trainer (one server's forward + Mooncake put saturates
+  at ~14 samples/s). This is ``run_local``'s ``LocalOptions.capture_devices`` (``cuda:2,cuda:3``);
+  ``--capture-gpu N`` is the one-GPU shortcut of earlier runs. Without either, the single server runs on
+  cuda:0 with trainer rank 0. The target is built once, on the first capture GPU.
 
 The trainer's /metrics are scraped every second; the data-wait share is computed from the step-time and
 data-wait histograms between the first scrape at or after ``--skip`` steps (compilation, warm-up)
@@ -37,7 +42,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dspark_trainer.assets import LOCAL_DEMO_CONFIG  # noqa: F401
-from dspark_trainer.local import services
 from dspark_trainer.local.pipeline import LocalOptions, run_local
 from pipeline_bench import bench_config, histogram
 
@@ -89,23 +93,22 @@ def long_conversations(path: Path, n: int, replies_per_turn: int, seed: int = 0)
     return path
 
 
-def pin_capture_gpu(gpu: int) -> None:
-    """Start the capture server with CUDA_VISIBLE_DEVICES=gpu (the trainer ranks keep cuda:0..nproc-1)."""
-    original = services.start_capture_server
-
-    def start(*args: Any, **kwargs: Any) -> str:
-        env_fn = services.worker_env
-
-        def env(threads: int = 1) -> dict[str, str]:
-            return {**env_fn(threads), "CUDA_VISIBLE_DEVICES": str(gpu)}
-
-        services.worker_env = env  # type: ignore[assignment]
-        try:
-            return original(*args, **kwargs)
-        finally:
-            services.worker_env = env_fn  # type: ignore[assignment]
-
-    services.start_capture_server = start  # type: ignore[assignment]
+def capture_gpus(args: argparse.Namespace) -> list[int] | None:
+    """The capture servers' GPUs from ``--capture-gpus 2,3`` or ``--capture-gpu N`` (None: neither given)."""
+    if args.capture_gpus is not None and args.capture_gpu is not None:
+        raise SystemExit("pipeline_gpu_run.py: give --capture-gpus or --capture-gpu, not both")
+    if args.capture_gpu is not None:
+        return [args.capture_gpu]
+    if args.capture_gpus is None:
+        return None
+    try:
+        gpus = [int(part) for part in args.capture_gpus.split(",")]
+    except ValueError:
+        raise SystemExit(f"pipeline_gpu_run.py: --capture-gpus {args.capture_gpus!r}: give GPU indices, "
+                         f"comma separated (e.g. 2,3)") from None
+    if not gpus or any(g < 0 for g in gpus):
+        raise SystemExit(f"pipeline_gpu_run.py: --capture-gpus {args.capture_gpus!r}: give GPU indices >= 0")
+    return gpus
 
 
 def scrape_all(port_file: Path, stop: threading.Event, snaps: list[tuple[float, str]]) -> None:
@@ -160,7 +163,11 @@ def main() -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny target and draft (CPU smoke test)")
     parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--capture-gpu", type=int, default=None, help="GPU of the capture server (default cuda:0)")
+    parser.add_argument("--capture-gpus", default=None, metavar="N[,N...]",
+                        help="GPUs of the capture servers, one server each, comma separated (e.g. 2,3; "
+                        "default: one server on cuda:0)")
+    parser.add_argument("--capture-gpu", type=int, default=None, metavar="N",
+                        help="one capture server on GPU N (the same as --capture-gpus N)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip", type=int, default=8, help="steps left out of the steady-state window")
     parser.add_argument("--micro-batch-size", type=int, default=1)
@@ -175,6 +182,9 @@ def main() -> int:
     parser.add_argument("--workdir", default="runs/pipeline-gpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    gpus = capture_gpus(args)
+    gpus = gpus if args.device == "cuda" else None  # ignored with --device cpu (one CPU server)
+    capture_devices = [f"cuda:{g}" for g in gpus] if gpus is not None else None
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +199,7 @@ def main() -> int:
         draft = {"blockSize": 7, "numDraftLayers": 5, "numAnchors": 512, "numTargetLayersCaptured": 5,
                  "markovRank": 256}
         replies = 160
-    build_dev = f"cuda:{args.capture_gpu or 0}" if args.device == "cuda" else "cpu"
+    build_dev = f"cuda:{gpus[0] if gpus else 0}" if args.device == "cuda" else "cpu"
     target = build_target(workdir / "target", device=build_dev, **size)
     built_s = time.monotonic() - started
     data = long_conversations(workdir / "long.jsonl", args.conversations, replies)
@@ -208,8 +218,6 @@ def main() -> int:
                         "localBufferSize": args.buffer_mib << 20}
     config_path = workdir / "pipeline-config.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if args.device == "cuda" and args.capture_gpu is not None:
-        pin_capture_gpu(args.capture_gpu)
 
     snaps: list[tuple[float, str]] = []
     stop = threading.Event()
@@ -217,7 +225,8 @@ def main() -> int:
     watcher.start()
     t0 = time.monotonic()
     code = run_local(LocalOptions(config_path=str(config_path), workdir=str(workdir), nproc=args.nproc,
-                                  device=args.device, fresh=True, progress_bar=False))
+                                  device=args.device, fresh=True, progress_bar=False,
+                                  capture_devices=capture_devices))
     wall = time.monotonic() - t0
     stop.set()
     text = snaps[-1][1] if snaps else ""
@@ -226,6 +235,8 @@ def main() -> int:
                                                  ("get", "dspark_transport_get_seconds"))}
     result = {
         "exit_code": code, "args": vars(args), "draft": draft, "target": size, "target_build_s": built_s,
+        # one capture server per entry (cuda:N: alone on GPU N; the default cuda:0 shares GPU 0 with rank 0)
+        "capture_devices": capture_devices or (["cuda:0"] if args.device == "cuda" else ["cpu"]),
         "wall_s": wall, "whole_run": whole,
         "whole_run_wait_fraction": (whole["wait"].get("sum", 0) / whole["step"]["sum"]) if whole["step"].get("sum")
         else None,
@@ -239,7 +250,8 @@ def main() -> int:
         (Path(args.out) / name).write_text(json.dumps(result, indent=2))
     st = result["steady"]
     if st:
-        print(f"\npipeline {args.nproc} trainer GPUs: steps {st['from_step']:.0f}-{st['to_step']:.0f}: "
+        print(f"\npipeline {args.nproc} trainer GPUs, capture on {','.join(result['capture_devices'])}: "
+              f"steps {st['from_step']:.0f}-{st['to_step']:.0f}: "
               f"step {st['step_mean_s']} s, data wait {st['wait_mean_s']} s "
               f"({(st.get('data_wait_fraction') or float('nan')):.1%}), {st['samples_per_s']} samples/s")
     return code

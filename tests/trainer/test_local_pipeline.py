@@ -1,7 +1,8 @@
 """The embedded pipeline end to end (`dspark train --local`): tiny taught target, real Mooncake master,
 reference capture server, torchrun with 2 CPU workers. Checks that loss falls and tau rises, that the
 metrics endpoint serves every trainer metric of DESIGN.md, that the exported draft loads bit for
-bit, and that Ctrl-C checkpoints, stops every process, and a re-run resumes exactly."""
+bit, and that Ctrl-C checkpoints, stops every process, and a re-run resumes exactly; and that
+`--capture-devices cpu,cpu` starts two capture servers that both feed the trainer."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class Run:
     output: str
     metrics: str = ""
     progress: list[dict[str, Any]] = field(default_factory=list)
+    capture_metrics: dict[str, str] = field(default_factory=dict)  # capture server URL -> its last /metrics
 
 
 def get(url: str) -> str:
@@ -89,28 +91,55 @@ def scrape(workdir: Path, stop: threading.Event, run: Run) -> None:
             continue
 
 
-def start_pipeline(workdir: Path, config: Path) -> subprocess.Popen[str]:
+def scrape_capture_servers(workdir: Path, stop: threading.Event, run: Run) -> None:
+    """Keep the last /metrics text of every capture server (their URLs: trainer.yaml's capture.endpoints)."""
+    endpoints: list[str] = []
+    while not stop.wait(0.3):
+        if not endpoints:
+            try:
+                endpoints = list(yaml.safe_load((workdir / "trainer.yaml").read_text())["capture"]["endpoints"])
+            except (OSError, TypeError, KeyError, ValueError):
+                continue
+        for url in endpoints:
+            try:
+                run.capture_metrics[url] = get(f"{url}/metrics")
+            except (OSError, ValueError):
+                continue
+
+
+def start_pipeline(workdir: Path, config: Path, *extra: str) -> subprocess.Popen[str]:
     dspark = str(Path(sys.executable).parent / "dspark")
-    return subprocess.Popen([dspark, "train", "--local", str(config), "--workdir", str(workdir), "--no-progress"],
+    return subprocess.Popen([dspark, "train", "--local", str(config), "--workdir", str(workdir), "--no-progress",
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def run_pipeline(workdir: Path, config: Path, timeout: float = 900) -> Run:
+def run_pipeline(workdir: Path, config: Path, *extra: str, timeout: float = 900) -> Run:
     run = Run(workdir=workdir, returncode=-1, output="")
     stop = threading.Event()
-    watcher = threading.Thread(target=scrape, args=(workdir, stop, run), daemon=True)
-    watcher.start()
-    proc = start_pipeline(workdir, config)
+    watchers = [threading.Thread(target=fn, args=(workdir, stop, run), daemon=True)
+                for fn in (scrape, scrape_capture_servers)]
+    for watcher in watchers:
+        watcher.start()
+    proc = start_pipeline(workdir, config, *extra)
     try:
         run.output, _ = proc.communicate(timeout=timeout)
     finally:
         stop.set()
-        watcher.join(5)
+        for watcher in watchers:
+            watcher.join(5)
         if proc.poll() is None:
             proc.kill()
     run.returncode = proc.returncode
     return run
+
+
+def counter(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -209,3 +238,37 @@ def test_ctrl_c_checkpoints_stops_everything_and_a_rerun_resumes_exactly(
     assert rerun.returncode == 0, rerun.output[-5000:]
     assert "resuming the interrupted run" in rerun.output
     assert sample_logs(workdir) == sample_logs(completed.workdir)
+
+
+def test_two_capture_servers_feed_one_trainer(tmp_path: Path, demo_target: Path) -> None:
+    """`--capture-devices cpu,cpu`: two capture servers, each with its own port and log, both in
+    capture.endpoints, both answer capture requests, and the run completes and stops every process."""
+    workdir = tmp_path / "demo"
+    shutil.copytree(demo_target, workdir / "target")
+    cfg = yaml.safe_load(LOCAL_DEMO_CONFIG.read_text())
+    cfg["schedule"]["maxSteps"] = 12
+    cfg["checkpoint"]["intervalSteps"] = 12
+    cfg["eval"]["intervalSteps"] = 12
+    cfg["eval"]["maxSamples"] = 8
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = run_pipeline(workdir, config, "--capture-devices", "cpu,cpu")
+    assert run.returncode == 0, run.output[-5000:]
+    assert "reference capture server 1/2" in run.output and "reference capture server 2/2" in run.output
+
+    endpoints = yaml.safe_load((workdir / "trainer.yaml").read_text())["capture"]["endpoints"]
+    assert len(endpoints) == 2 and len(set(endpoints)) == 2, endpoints
+    logs = workdir / "logs"
+    assert (logs / "capture-server-0.log").is_file() and (logs / "capture-server-1.log").is_file()
+    assert not (logs / "capture-server.log").exists()
+    requests = {url: counter(run.capture_metrics.get(url, ""), "dspark_capture_requests_total") for url in endpoints}
+    records = {url: counter(run.capture_metrics.get(url, ""), "dspark_capture_records_total") for url in endpoints}
+    assert all(n > 0 for n in requests.values()), requests
+    assert all(n > 0 for n in records.values()), records
+    # 12 steps of 8 samples + the held-out evaluations, spread over both servers
+    assert sum(records.values()) >= 12 * 8 * 0.8, records
+
+    marker = json.loads((workdir / "draft" / "dspark_complete.json").read_text())
+    assert marker["step"] == 12 and marker["samples"] == 12 * 8
+    assert "final training loss" in run.output
+    assert not processes_mentioning(str(workdir))

@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--workdir", default=".demo", help="where the local pipeline writes everything (.demo)")
     local.add_argument("--nproc", type=int, default=2, help="trainer processes (torchrun --nproc-per-node, 2)")
     local.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override runtime.device")
+    local.add_argument(
+        "--capture-devices",
+        metavar="DEV[,DEV...]",
+        default=None,
+        help="start one reference capture server per entry, all feeding the trainer: cpu, or cuda:N (that "
+        "server sees only GPU N of the GPUs visible here); e.g. cuda:2,cuda:3. Default: one server, on cuda:0 "
+        "with --device cuda, else on the CPU",
+    )
     local.add_argument("--fresh", action="store_true", help="delete the previous run's outputs under --workdir")
     local.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
 
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.local is not None:
         from dspark_trainer.local.pipeline import LocalOptions, run_local
+        from dspark_trainer.local.services import parse_capture_devices
 
         options = LocalOptions(
             config_path=args.local or None,
@@ -53,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             fresh=args.fresh,
             progress_bar=not args.no_progress,
+            capture_devices=None if args.capture_devices is None else parse_capture_devices(args.capture_devices),
         )
         return run_local(options)
     path = args.config or os.environ.get("DSPARK_CONFIG")

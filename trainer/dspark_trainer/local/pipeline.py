@@ -3,8 +3,9 @@
 1. Create the tiny Qwen3 target (+ tokenizer with a chat template) under the work directory when the
    config asks for ``builtin:tiny-qwen3`` (once; later runs reuse it).
 2. Check the config (the same start-up checks as the trainer) before anything starts.
-3. Start a Mooncake master and the reference capture server, then torchrun with ``--nproc`` CPU
-   workers (gloo); show a progress bar fed by the trainer's ``/progress`` endpoint.
+3. Start a Mooncake master and the reference capture server (one per ``--capture-devices`` entry when
+   given: several servers feed the trainer together), then torchrun with ``--nproc`` workers; show a
+   progress bar fed by the trainer's ``/progress`` endpoint.
 4. Print where everything went. Every process started here is stopped on the way out, also on
    Ctrl-C or SIGTERM (the trainer first gets SIGTERM, so it writes a checkpoint; the next run resumes).
 """
@@ -40,6 +41,9 @@ class LocalOptions:
     device: str | None = None
     fresh: bool = False
     progress_bar: bool = True
+    # One reference capture server per entry: "cpu", or "cuda:N" (that server sees only GPU N, as its
+    # cuda:0). None: one server on the trainer's device (cuda:0 on CUDA, else cpu).
+    capture_devices: list[str] | None = None
 
 
 @dataclass
@@ -94,6 +98,7 @@ def local_config(raw: dict[str, Any], layout: Layout, options: LocalOptions) -> 
     if options.device:
         runtime_update["device"] = options.device
     updates["runtime"] = cfg.runtime.model_copy(update=runtime_update)
+    services.plan_capture_servers(options.capture_devices, cfg)  # bad capture devices: fail before anything starts
     if cfg.capture.mode == "remote" and not cfg.capture.endpoints:
         # A placeholder so the start-up checks pass; replaced by the real server's URL.
         updates["capture"] = cfg.capture.model_copy(update={"endpoints": ["http://127.0.0.1:1"]})
@@ -246,7 +251,8 @@ def run_local(options: LocalOptions) -> int:
     code = 1
     last: dict[str, Any] = {}
     try:
-        cfg = services.start_services(cfg, layout, plan.layer_ids, processes, say)
+        cfg = services.start_services(cfg, layout, plan.layer_ids, processes, say,
+                                      capture_devices=options.capture_devices)
         write_config(cfg, layout.config)
         say(f"starting torchrun with {options.nproc} workers (log: {layout.logs / 'trainer.log'})")
         trainer = processes.start(

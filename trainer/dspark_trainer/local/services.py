@@ -1,18 +1,21 @@
 """The services of the local pipeline, each a child process: the Mooncake master (issue 4's helper
-builds its command line), the reference capture server (`dspark capture-server`), and torchrun."""
+builds its command line), the reference capture server(s) (`dspark capture-server`, one per capture
+device), and torchrun."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dspark_trainer.config.training import TrainerConfig
+from dspark_trainer.config.training import ConfigError, TrainerConfig
 from dspark_trainer.config.transport import TransportConfig
 from dspark_trainer.local.processes import ManagedProcess, ProcessSet
 from dspark_trainer.util.net import free_port
@@ -72,17 +75,96 @@ def http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
+CAPTURE_DEVICES_OPTION = "capture devices (`dspark train --local --capture-devices`, LocalOptions.capture_devices)"
+_CUDA_DEVICE = re.compile(r"^cuda:([0-9]+)$")
+
+
+def parse_capture_devices(text: str) -> list[str]:
+    """`--capture-devices cuda:2,cuda:3` -> ["cuda:2", "cuda:3"] (checked by ``check_capture_devices``)."""
+    return [] if not text.strip() else [part.strip() for part in text.split(",")]
+
+
+def check_capture_devices(devices: Sequence[str] | None) -> list[str] | None:
+    """Validate the capture servers' devices: None (one server on the trainer's device), or a non-empty
+    list of "cpu" / "cuda:N", one server each. Returns them stripped; raises ConfigError."""
+    if devices is None:
+        return None
+    if isinstance(devices, str):
+        raise ConfigError(f"{CAPTURE_DEVICES_OPTION}: give a list of devices, not the string {devices!r} "
+                          f"(e.g. [\"cuda:2\", \"cuda:3\"]; on the command line: --capture-devices cuda:2,cuda:3)")
+    out = [str(d).strip() for d in devices]
+    if not out:
+        raise ConfigError(f"{CAPTURE_DEVICES_OPTION}: the list is empty; give one device per capture server "
+                          f"(e.g. cuda:2,cuda:3 or cpu,cpu), or leave the option out for one server on the "
+                          f"trainer's device")
+    for d in out:
+        if d != "cpu" and not _CUDA_DEVICE.match(d):
+            raise ConfigError(f"{CAPTURE_DEVICES_OPTION}: {d!r} is not a device; each entry is \"cpu\" or "
+                              f"\"cuda:N\" with N a GPU index (e.g. cuda:2,cuda:3: two servers, on GPUs 2 and 3)")
+    return out
+
+
+@dataclass(frozen=True)
+class CaptureServerPlan:
+    """Where one reference capture server runs: its `--device` and its environment overrides."""
+
+    name: str  # process and log name: capture-server, or capture-server-<i> when there are several
+    label: str  # as the user gave it ("cuda:2", "cpu"), for messages
+    device: str  # the server's --device
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def plan_capture_servers(devices: Sequence[str] | None, cfg: TrainerConfig) -> list[CaptureServerPlan]:
+    """The capture servers of the local pipeline; raises ConfigError for bad devices (before anything starts).
+
+    None: one server on the trainer's device (cuda:0 when ``runtime.device`` is cuda, else cpu), the
+    environment unchanged. "cuda:N": the server's CUDA_VISIBLE_DEVICES names only GPU N and it uses
+    cuda:0. N counts the GPUs this process sees, like the trainer ranks' cuda:0..nproc-1: with
+    CUDA_VISIBLE_DEVICES=4,5,6,7 set here, cuda:2 is GPU 6."""
+    checked = check_capture_devices(devices)
+    if checked is not None and cfg.capture.mode != "remote":
+        raise ConfigError(f"{CAPTURE_DEVICES_OPTION}: capture.mode is {cfg.capture.mode!r}, which runs no capture "
+                          f"server; use capture.mode: remote, or leave the option out")
+    if checked is None:
+        device = "cuda:0" if cfg.runtime.device == "cuda" else "cpu"
+        return [CaptureServerPlan("capture-server", device, device)]
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [v.strip() for v in (inherited or "").split(",") if v.strip()]
+    plans = []
+    for i, label in enumerate(checked):
+        name = f"capture-server-{i}" if len(checked) > 1 else "capture-server"
+        m = _CUDA_DEVICE.match(label)
+        if m is None:
+            plans.append(CaptureServerPlan(name, label, "cpu"))
+            continue
+        index = int(m.group(1))
+        if inherited is not None and index >= len(visible):
+            seen = f"cuda:0..cuda:{len(visible) - 1}" if visible else "none"
+            raise ConfigError(f"{CAPTURE_DEVICES_OPTION}: {label} is not visible here: CUDA_VISIBLE_DEVICES="
+                              f"{inherited!r} leaves {len(visible)} GPU(s) ({seen}); use an index among them")
+        gpu = visible[index] if inherited is not None else str(index)
+        plans.append(CaptureServerPlan(name, label, "cuda:0", {"CUDA_VISIBLE_DEVICES": gpu}))
+    return plans
+
+
 def start_services(
-    cfg: TrainerConfig, layout: Layout, layer_ids: list[int], processes: ProcessSet, say: Callable[[str], None]
+    cfg: TrainerConfig,
+    layout: Layout,
+    layer_ids: list[int],
+    processes: ProcessSet,
+    say: Callable[[str], None],
+    capture_devices: Sequence[str] | None = None,
 ) -> TrainerConfig:
-    """Start what the config needs (Mooncake + capture server in remote mode); returns the config with
-    their addresses and a free metrics port filled in."""
+    """Start what the config needs (in remote mode: Mooncake + one capture server per entry of
+    ``capture_devices``, or one on the trainer's device when None); returns the config with their
+    addresses (every capture server in ``capture.endpoints``) and a free metrics port filled in."""
+    plans = plan_capture_servers(capture_devices, cfg)
     updates: dict[str, object] = {"metrics": cfg.metrics.model_copy(update={"port": free_port()})}
     if cfg.capture.mode == "remote":
         transport = start_mooncake(cfg, layout, processes, say)
         cfg = cfg.model_copy(update={"transport": transport})
-        url = start_capture_server(cfg, layout, layer_ids, processes, say)
-        updates["capture"] = cfg.capture.model_copy(update={"endpoints": [url]})
+        urls = start_capture_servers(cfg, layout, layer_ids, processes, say, plans)
+        updates["capture"] = cfg.capture.model_copy(update={"endpoints": urls})
     return cfg.model_copy(update=updates)
 
 
@@ -110,26 +192,53 @@ def start_mooncake(
     })
 
 
+def start_capture_servers(
+    cfg: TrainerConfig,
+    layout: Layout,
+    layer_ids: list[int],
+    processes: ProcessSet,
+    say: Callable[[str], None],
+    plans: Sequence[CaptureServerPlan] | None = None,
+) -> list[str]:
+    """The reference capture servers (`dspark capture-server`) for the target (``plans``; default: one on
+    the trainer's device), each on its own free port with its own log under ``layout.logs``; all are
+    started, then each is waited for (``/health``). Returns their URLs."""
+    import yaml
+
+    plans = list(plans) if plans is not None else plan_capture_servers(None, cfg)
+    transport_path = layout.root / "transport.yaml"
+    transport_path.write_text(yaml.safe_dump({"transport": cfg.transport.to_wire()}, sort_keys=False))
+    ports: list[int] = []
+    while len(ports) < len(plans):
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    started: list[tuple[str, ManagedProcess, str]] = []
+    for i, (plan, port) in enumerate(zip(plans, ports, strict=True)):
+        argv = [
+            str(Path(sys.executable).parent / "dspark"), "capture-server",
+            "--model", cfg.target.model, "--layer-ids", *[str(lid) for lid in layer_ids], "--dtype", cfg.target.dtype,
+            "--device", plan.device,
+            "--max-seq-len", str(cfg.dataset.max_length),
+            "--host", "127.0.0.1", "--port", str(port), "--transport-config", str(transport_path),
+            "--log-level", "WARNING",
+        ]
+        if len(plans) > 1:
+            what = f"the capture server {plan.name} ({plan.label})"
+            say(f"starting reference capture server {i + 1}/{len(plans)} on 127.0.0.1:{port} ({plan.label})")
+        else:
+            what = "the capture server"
+            say(f"starting the reference capture server on 127.0.0.1:{port} ({plan.label})")
+        proc = processes.start(plan.name, argv, layout.logs / f"{plan.name}.log", env={**worker_env(), **plan.env},
+                               cwd=layout.root)
+        started.append((f"http://127.0.0.1:{port}", proc, what))
+    for url, proc, what in started:
+        wait_until(http_ok(f"{url}/health"), proc, what, timeout=180)
+    return [url for url, _, _ in started]
+
+
 def start_capture_server(
     cfg: TrainerConfig, layout: Layout, layer_ids: list[int], processes: ProcessSet, say: Callable[[str], None]
 ) -> str:
-    """The reference capture server (`dspark capture-server`) for the target; returns its URL."""
-    import yaml
-
-    port = free_port()
-    transport_path = layout.root / "transport.yaml"
-    transport_path.write_text(yaml.safe_dump({"transport": cfg.transport.to_wire()}, sort_keys=False))
-    argv = [
-        str(Path(sys.executable).parent / "dspark"), "capture-server",
-        "--model", cfg.target.model, "--layer-ids", *[str(i) for i in layer_ids], "--dtype", cfg.target.dtype,
-        "--device", "cuda:0" if cfg.runtime.device == "cuda" else "cpu",
-        "--max-seq-len", str(cfg.dataset.max_length),
-        "--host", "127.0.0.1", "--port", str(port), "--transport-config", str(transport_path),
-        "--log-level", "WARNING",
-    ]
-    say(f"starting the reference capture server on 127.0.0.1:{port}")
-    proc = processes.start("capture-server", argv, layout.logs / "capture-server.log", env=worker_env(),
-                           cwd=layout.root)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(http_ok(f"{url}/health"), proc, "the capture server", timeout=180)
-    return url
+    """One reference capture server on the trainer's device; returns its URL."""
+    return start_capture_servers(cfg, layout, layer_ids, processes, say)[0]
