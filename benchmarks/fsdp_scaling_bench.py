@@ -15,9 +15,9 @@ gradient reduce-scatter included) and the optimizer step (grad-norm clip + AdamW
   lean            the frozen embedding and LM head kept out of FSDP (``ignored_params``), replicated in
                   bf16 (no all-gather of 1.2 B frozen values per forward, no fp32 copy of them), fused AdamW
   lean_noreshard  lean + ``reshard_after_forward=False`` for the decoder layers (no all-gather in backward)
-  runtime_defer   runtime, with the gradient reduce-scatter only after the last micro-batch of a step (the
-                  trainer's default since ``runtime.reduceGradientsEveryMicroBatch`` exists): micro-batches
-                  are timed without gradient sync, plus one synchronised last micro-batch per step
+  runtime_defer   runtime with the trainer's default accumulation (``runtime/step.py``: parameters gathered
+                  once and gradients reduce-scattered once per optimizer step): micro-batches are timed
+                  inside a step (no communication), plus the step's last micro-batch (reduce-scatter)
 
 samples/s per GPU = 1 / (micro-batch time + (extra time of the step's last micro-batch + optimizer time) /
 accumulation) (the extra time is 0 unless the setting defers the gradient sync), where the accumulation is
@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dspark_trainer.config.training import OptimizerConfig
 from dspark_trainer.model.draft import DSparkDraftModel
 from dspark_trainer.runtime.fsdp import build_optimizer, shard_model
+from dspark_trainer.runtime.step import begin_accumulation, end_accumulation, last_micro_batch
 from flops import flops_per_sample, peak_tflops
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -154,22 +155,25 @@ def main() -> int:
             defer = setting.endswith("_defer")
             for _ in range(args.warmup):
                 if defer:
-                    model.set_requires_gradient_sync(False)
+                    begin_accumulation(model)
                     micro()
-                    model.set_requires_gradient_sync(True)
+                    last_micro_batch(model)
                 micro()
+                if defer:
+                    end_accumulation(model)
                 opt_step(model, opt)
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             warm_s = time.perf_counter() - started
             if defer:
-                model.set_requires_gradient_sync(False)
+                begin_accumulation(model)
             mb = [timed(device, micro) for _ in range(args.steps)]
             last = statistics.median(mb)
             if defer:
-                model.set_requires_gradient_sync(True)
+                last_micro_batch(model)
                 last = timed(device, micro)
+                end_accumulation(model)
             opt_step(model, opt)  # apply (and clear) the timed micro-batches' accumulated gradients
             op = []
             for _ in range(args.opt_steps):

@@ -4,8 +4,9 @@
    micro-batches and all-reduced over ranks BEFORE any backward pass.
 2. Each micro-batch's loss (its weighted sum / global denominator x world size) is backpropagated;
    FSDP2 averages the gradients over ranks, so the update equals one big batch's. By default the
-   reduction runs once, after the last micro-batch (the earlier ones accumulate unsharded fp32
-   gradients); ``runtime.reduceGradientsEveryMicroBatch`` reduces after each one instead.
+   parameters are gathered once per step and the gradients reduced once, after the last micro-batch
+   (the micro-batches before it accumulate unsharded fp32 gradients); with
+   ``runtime.reduceGradientsEveryMicroBatch`` every micro-batch gathers, reduces and reshards (least memory).
 3. Gradients are clipped, the optimizer and the schedule step, and the statistics are all-reduced.
 """
 
@@ -60,10 +61,34 @@ def global_denominator(api: DraftAPI, prepared: Sequence[object], device: torch.
     return all_reduce_sum(local)[0]
 
 
-def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:
-    """Turn FSDP2's gradient reduction on or off for the next backward (no-op for a plain module)."""
+def begin_accumulation(model: torch.nn.Module) -> None:
+    """FSDP2 for a step's micro-batches before the last: no gradient reduction (unsharded gradients
+    accumulate in fp32), and the parameters, once gathered by the first forward, stay unsharded through
+    every forward and backward of the step (no all-gather per micro-batch). No-op for a plain module."""
+    if not isinstance(model, FSDPModule):
+        return
+    model.set_requires_gradient_sync(False)
+    model.set_reshard_after_backward(False)
+    for module in model.modules():
+        if isinstance(module, FSDPModule) and module is not model:
+            module.set_reshard_after_forward(False, recurse=False)
+
+
+def last_micro_batch(model: torch.nn.Module) -> None:
+    """The step's last backward reduces the accumulated gradients and reshards the parameters."""
     if isinstance(model, FSDPModule):
-        model.set_requires_gradient_sync(enabled)
+        model.set_requires_gradient_sync(True)
+        model.set_reshard_after_backward(True)
+
+
+def end_accumulation(model: torch.nn.Module) -> None:
+    """Back to FSDP2's defaults (layers reshard after forward: evaluation forwards keep no gathered weights)."""
+    if not isinstance(model, FSDPModule):
+        return
+    last_micro_batch(model)
+    for module in model.modules():
+        if isinstance(module, FSDPModule) and module is not model:
+            module.set_reshard_after_forward(True, recurse=False)
 
 
 def train_step(
@@ -78,20 +103,26 @@ def train_step(
     grad_clip: float,
     defer_gradient_sync: bool = False,
 ) -> StepResult:
-    """``defer_gradient_sync``: reduce the gradients only after the last micro-batch (FSDP2 keeps the
-    earlier micro-batches' unsharded gradients, accumulated in fp32, until then)."""
+    """``defer_gradient_sync``: gather the parameters once and reduce the gradients once per step (see
+    ``begin_accumulation``) instead of once per micro-batch."""
     model.train()
     lr = float(optimizer.param_groups[0]["lr"])
     prepared = [api.prepare(model, mb) for mb in micro_batches]
     denom = global_denominator(api, prepared, device)
     denom_for_loss = denom.clamp(min=MIN_DENOMINATOR).to(torch.float32)
     totals: dict[str, torch.Tensor] = {}
-    for i, p in enumerate(prepared):
+    if defer_gradient_sync:
+        begin_accumulation(model)
+    try:
+        for i, p in enumerate(prepared):
+            if defer_gradient_sync and i == len(prepared) - 1:
+                last_micro_batch(model)
+            loss, stats = api.loss_and_stats(model, p, denom_for_loss, world_size)
+            loss.backward()
+            add_stats(totals, stats)
+    finally:
         if defer_gradient_sync:
-            set_gradient_sync(model, i == len(prepared) - 1)
-        loss, stats = api.loss_and_stats(model, p, denom_for_loss, world_size)
-        loss.backward()
-        add_stats(totals, stats)
+            end_accumulation(model)
     grad_norm = clip_gradients(model, grad_clip)
     applied = math.isfinite(grad_norm)
     if applied:
