@@ -75,6 +75,7 @@ if [ "$phase" = 2 ]; then
     --out "$R" > "$R/fsdp_w4.log" 2>&1
   echo "fsdp w4 rc=$? $(since)"; pack
   [ -n "${SKIP_PIPE2:-}" ] || pipeline two --capture-gpus 2,3 --window "${PIPE_WINDOW:-16}"
+  [ -z "${PIPE_SHARED:-}" ] || pipeline shared --capture-gpu 1
   for f in fsdp_w1 fsdp_w2 fsdp_w4; do echo "== $f"; grep -v -i warn "$R/$f.log" | tail -5; done
 fi
 for f in "$R"/pipeline-*.log; do [ -f "$f" ] && { echo "== $f"; grep -v -i warn "$f" | tail -2; }; done

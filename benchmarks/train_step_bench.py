@@ -22,7 +22,8 @@ process and on the same weights, each variant:
                   optimizer step (-8 bytes/value on the GPU; the copies are amortised over a step's
                   micro-batches like the step itself)
   full_split_host full_split_c512 with the frozen embedding table in pinned host memory
-                  (dspark_trainer.model.host_embedding: ~513 distinct rows gathered and copied per forward).
+                  (dspark_trainer.model.host_embedding: ~513 distinct rows gathered and copied per forward;
+                  the block ids are staged from the host copy of the batch, as a data path would).
                   Irreversible in the process: it runs after every variant that keeps the table on the GPU.
 
 Per variant: the median step time and its split (forward, loss/logits = vocabulary projection and loss
@@ -51,10 +52,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dspark_trainer.config.draft import DraftOptions
 from dspark_trainer.loss import vocab as vocab_mod
-from dspark_trainer.model.anchors import sample_anchors
+from dspark_trainer.model.anchors import noise_input_ids, sample_anchors
 from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config
 from dspark_trainer.model.draft import DSparkDraftModel
-from dspark_trainer.model.host_embedding import keep_embedding_on_host
+from dspark_trainer.model.host_embedding import HostEmbedding, keep_embedding_on_host
 from dspark_trainer.optim.split_master import SplitMasterAdamW
 from eager_reference import eager_loss, relative_error
 from flops import Shape, executed_flops, flops_per_sample, peak_tflops
@@ -290,6 +291,9 @@ def bench_variant(model: DSparkDraftModel, opt: MasterAdamW | SplitMasterAdamW, 
     info: dict[str, float] = {}
     phase_peaks: dict[str, int] = {}
     copy_stream = torch.cuda.Stream() if (host_batches and device.type == "cuda") else None
+    cfg = model.config
+    staged_ids = [noise_input_ids(bb["input_ids"].cpu(), bb["anchors"].cpu(), cfg.block_size, cfg.mask_token_id)
+                  for bb in batches] if isinstance(model.embed_tokens, HostEmbedding) else []
 
     def fetch(i: int) -> tuple[dict[str, torch.Tensor], Any]:
         if host_batches is None or copy_stream is None:
@@ -315,6 +319,9 @@ def bench_variant(model: DSparkDraftModel, opt: MasterAdamW | SplitMasterAdamW, 
             timer_ref[0] = timer
             if timer:
                 timer.mark("start")
+            if staged_ids:  # the data path has the micro-batch on the host: hand the embedding its ids
+                assert isinstance(model.embed_tokens, HostEmbedding)
+                model.embed_tokens.stage(staged_ids[i % len(staged_ids)], device)
             _, info = run_step(model, variant, b, timer, denom)
             opt.step()
             opt.zero_grad()

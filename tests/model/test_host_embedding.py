@@ -35,3 +35,15 @@ def test_cuda_ids_gather_on_the_host_and_match() -> None:
     assert freed == 1000 * 64 * 4
     for _ in range(3):  # the pinned staging buffer is reused
         assert torch.equal(model.embed_tokens(ids), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_staged_host_ids_give_the_same_rows_without_reading_the_device_ids() -> None:
+    table = nn.Embedding(1000, 64).requires_grad_(False)
+    host = HostEmbedding(table.weight)
+    ids = torch.randint(0, 1000, (2, 300))
+    for _ in range(3):
+        host.stage(ids, torch.device("cuda"))
+        assert torch.equal(host(ids.cuda()).cpu(), table(ids))
+    assert host._staged is None  # used once

@@ -3,8 +3,14 @@
 The draft embeds only its block inputs: each block's anchor token and the mask token, at most
 ``num_anchors + 1`` distinct rows per micro-batch, out of a ``[V, H]`` table (1.24 GB in bf16 at the
 Qwen3-8B shape) that never trains. ``HostEmbedding`` keeps the table on the host and, per forward,
-gathers the distinct rows there and copies them to the GPU (~4 MB at 512 anchors). Reading the ids
-on the host synchronises with the GPU once per forward, at the start of the draft's backbone.
+gathers the distinct rows there and copies them to the GPU (~4 MB at 512 anchors).
+
+Two ways to get the ids to the host:
+- ``stage(ids_host)`` before the forward, by a caller that has the micro-batch on the host anyway (the
+  data path): the rows are gathered and their copy queued at once; the forward only checks, on the
+  GPU and without waiting, that its ids are the staged ones (``torch._assert_async``).
+- otherwise the forward reads the ids back from the GPU, which waits for the work queued before them
+  (a bubble of a few ms per forward on an H100).
 """
 
 from __future__ import annotations
@@ -20,22 +26,28 @@ class HostEmbedding(nn.Module):
         super().__init__()
         host = weight.detach().to("cpu")
         self.weight = nn.Parameter(host.pin_memory() if torch.cuda.is_available() else host, requires_grad=False)
-        self._staging: torch.Tensor | None = None
+        self._staged: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids, rows) on the device
+
+    def stage(self, ids: torch.Tensor, device: torch.device) -> None:
+        """Gather the rows of ``ids`` (host tensor) for the next forward and queue their copy to ``device``."""
+        ids = ids.to("cpu")
+        distinct, inverse = torch.unique(ids, return_inverse=True)
+        rows = self.weight.index_select(0, distinct)
+        if device.type == "cuda":
+            rows = rows.pin_memory()  # a fresh buffer per call: nothing can overwrite it while it is copied
+        self._staged = (ids.to(device, non_blocking=True), rows.to(device, non_blocking=True)[inverse.to(device)])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.device.type == "cpu":
             return nn.functional.embedding(ids, self.weight)
+        staged, self._staged = self._staged, None
+        if staged is not None and staged[0].shape == ids.shape:
+            torch._assert_async((staged[0] == ids).all(), "HostEmbedding: the forward's ids are not the staged ones")
+            return staged[1]
         distinct, inverse = torch.unique(ids, return_inverse=True)
         wanted = distinct.cpu()  # waits for the ids (and the GPU work queued before them)
-        rows = self._stage(wanted.numel())
-        torch.index_select(self.weight, 0, wanted, out=rows)
+        rows = self.weight.index_select(0, wanted).pin_memory()
         return rows.to(ids.device, non_blocking=True)[inverse]
-
-    def _stage(self, n: int) -> torch.Tensor:
-        """A pinned buffer for ``n`` rows; reused: the previous copy out of it finished before ``.cpu()`` returned."""
-        if self._staging is None or self._staging.shape[0] < n:
-            self._staging = torch.empty((n, self.weight.shape[1]), dtype=self.weight.dtype).pin_memory()
-        return self._staging[:n]
 
 
 def keep_embedding_on_host(model: nn.Module) -> int:
