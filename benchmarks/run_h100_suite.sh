@@ -6,6 +6,7 @@
 #   bash benchmarks/run_h100_suite.sh 1    # train_step_bench (GPU 3) || two pipeline runs (GPUs 0-2)
 #   bash benchmarks/run_h100_suite.sh 2    # FSDP2 scaling 1 || 2 GPUs, then 4 GPUs; pipeline, 2 capture GPUs
 #   bash benchmarks/run_h100_suite.sh x1   # one-GPU machine: GPU tests, train_step_bench, FSDP2 on 1 GPU
+#   bash benchmarks/run_h100_suite.sh x2   # two-GPU machine: the pipeline, capture server sharing GPU 1
 #
 # Phase 1: the one-GPU step (all variants, checked against the eager reference) on GPU 3, while the
 #   full pipeline runs with 2 trainer ranks (GPUs 0, 1): first with the capture server on its own GPU 2,
@@ -17,7 +18,7 @@ set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-results}
 R=${RES:-/tmp/res}
-phase=${1:?phase 1, 2 or x1}
+phase=${1:?phase 1, 2, x1 or x2}
 mkdir -p "$OUT" "$R"
 pack() { tar czf "$OUT/results-$phase.tgz" -C "$R" . 2>/dev/null; }
 nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,power.limit --format=csv > "$R/gpus.csv" 2>&1
@@ -53,15 +54,18 @@ fi
 if [ "$phase" = x1 ]; then
   timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider tests/optim tests/model/test_host_embedding.py \
     > "$R/pytest_gpu.log" 2>&1; echo "pytest GPU tests rc=$? $(since)"; tail -2 "$R/pytest_gpu.log"
-  timeout "${TA:-400}" python3 benchmarks/train_step_bench.py --check --warmup 2 \
+  timeout "${TA:-400}" python3 benchmarks/train_step_bench.py ${CHECK---check} --warmup 2 \
     --variants "${VARIANTS:-eager,baseline,fused,fused_compiled,full,full_h2d,full_split,full_split_c512,full_offload,full_split_host}" \
     --out "$R" > "$R/train_step.log" 2>&1
   echo "train_step rc=$? $(since)"; pack
   grep -v -i warn "$R/train_step.log" | tail -14
-  timeout "${TB:-120}" torchrun --nproc-per-node 1 --master-port 29512 benchmarks/fsdp_scaling_bench.py \
+  [ -n "${SKIP_FSDP:-}" ] || timeout "${TB:-120}" torchrun --nproc-per-node 1 --master-port 29512 benchmarks/fsdp_scaling_bench.py \
     --steps 6 --warmup 2 --opt-steps 2 --settings "${SETTINGS:-runtime_defer,runtime}" --out "$R" > "$R/fsdp_w1.log" 2>&1
   echo "fsdp w1 rc=$? $(since)"; pack
   grep -v -i warn "$R/fsdp_w1.log" | tail -4
+fi
+if [ "$phase" = x2 ]; then
+  pipeline shared --capture-gpu 1
 fi
 if [ "$phase" = 2 ]; then
   S="--steps ${FSDP_STEPS:-6} --warmup 2 --opt-steps 2 --settings ${SETTINGS:-runtime_defer,runtime,lean_noreshard}"
