@@ -75,3 +75,25 @@ def test_job_arguments_are_accepted_by_the_cli() -> None:
     assert opts.reject_truncated and opts.num_cpus == 4 and opts.wait_endpoints_s == 1800
     assert args.summary_to == "/dev/termination-log" and not opts.progress
     assert 0 < (opts.object_store_memory or 0) < 2 << 30
+
+
+def test_job_pod_takes_the_job_wide_placement_unless_the_regeneration_overrides_it() -> None:
+    gpu_nodes = {"scheduling": {"nodeSelector": {"nvidia.com/gpu.product": "H100"},
+                                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
+    c = ctx(gpu_nodes)
+    pod = build_regenerate_job(c, RegenerateSpec())["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"} and len(pod["tolerations"]) == 1
+    off_gpu = RegenerateSpec.model_validate({"nodeSelector": {}, "tolerations": []})
+    pod = build_regenerate_job(c, off_gpu)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    cpu_pool = RegenerateSpec.model_validate({"nodeSelector": {"pool": "cpu"}})
+    pod = build_regenerate_job(c, cpu_pool)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "cpu"} and len(pod["tolerations"]) == 1
+
+
+def test_regeneration_placement_is_validated_naming_the_field() -> None:
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="tolerations"):
+        RegenerateSpec.model_validate({"tolerations": [{"operator": "Sideways"}]})

@@ -198,6 +198,16 @@ class RegenerateSpec(ConfigModel):
     active_deadline_seconds: int | None = Field(
         None, ge=1, description="Seconds the regeneration Job may run before it fails (reason DeadlineExceeded)."
     )
+    node_selector: dict[str, str] | None = Field(
+        None,
+        description=(
+            "Node labels the regeneration Job's pod requires. Default: scheduling.nodeSelector. The pod needs no "
+            "GPU, so {} lets it run off the GPU nodes when scheduling.nodeSelector names a GPU product."
+        ),
+    )
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=64, description="Tolerations of the regeneration Job's pod. Default: scheduling.tolerations."
+    )
     cpus: int = Field(4, ge=1, le=256, description="CPUs the Job pod requests (and local Ray uses: --num-cpus).")
     memory: Quantity = Field("8Gi", description="Memory of the Job pod (request and limit).")
     shm_size: Quantity = Field("2Gi", description="Memory-backed /dev/shm of the Job pod (local Ray's object store).")

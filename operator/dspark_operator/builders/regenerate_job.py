@@ -218,13 +218,30 @@ def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec | None = None,
                         "terminationGracePeriodSeconds": 60,
                         "containers": [container],
                         "volumes": volumes,
-                        **pod_scheduling(ctx),
+                        **regenerate_scheduling(ctx, regen),
                     },
                 },
             },
         }
     )
 
+
+
+def regenerate_scheduling(ctx: BuildContext, regen: RegenerateSpec) -> dict[str, Any]:
+    """The job-wide placement, with the regeneration's own node selector / tolerations where given
+    (an empty one removes the job-wide one: the pod needs no GPU node)."""
+    out = pod_scheduling(ctx)
+    if regen.node_selector is not None:
+        out.pop("nodeSelector", None)
+        if regen.node_selector:
+            out["nodeSelector"] = dict(regen.node_selector)
+    if regen.tolerations is not None:
+        out.pop("tolerations", None)
+        if regen.tolerations:
+            out["tolerations"] = [
+                t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in regen.tolerations
+            ]
+    return out
 
 
 # ------------------------------------------------------------------------------------------
