@@ -105,6 +105,21 @@ def test_batch_sizes_and_capture_endpoints(tmp_path: Path, target: Path) -> None
         plan_run(TrainerConfig.model_validate(cfg), 1)
 
 
+def test_split_master_weights_need_bf16_parameters(tmp_path: Path, target: Path) -> None:
+    from dspark_trainer.runtime.preflight import check_master_weights
+
+    cfg = TrainerConfig.model_validate({**good(target, tmp_path), "optimizer": {"masterWeights": "split"},
+                                        "runtime": {"device": "cpu"}})
+    with pytest.raises(ConfigError, match=r"optimizer\.masterWeights: split needs bf16.*runtime\.precision: bf16"):
+        plan_run(cfg, 1)
+    check_master_weights(cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"precision": "bf16"})}),
+                         cuda_available=False)
+    auto_gpu = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "auto"})})
+    check_master_weights(auto_gpu, cuda_available=True)
+    with pytest.raises(ConfigError, match="on CPU"):
+        check_master_weights(auto_gpu, cuda_available=False)
+
+
 def test_builtin_target_outside_local_mode(tmp_path: Path, target: Path) -> None:
     cfg = good(target, tmp_path)
     cfg["target"] = {"model": "builtin:tiny-qwen3"}

@@ -64,6 +64,15 @@ class OptimizerConfig(ConfigModel):
     adam_beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2.")
     grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
+    master_weights: Literal["fp32", "split"] = Field(
+        "fp32",
+        description=(
+            "fp32: the sharded parameters are fp32 master weights (16 bytes per trainable parameter with AdamW). "
+            "split: bf16 parameters whose exact fp32 master is completed by a 16-bit residual in the optimizer "
+            "(12 bytes; the same updates as fp32 masters, gradients reduced in fp32 and kept in bf16). Needs bf16 "
+            "parameters: runtime.precision bf16, or auto on CUDA."
+        ),
+    )
 
     @model_validator(mode="after")
     def _min_below_peak(self) -> OptimizerConfig:

@@ -15,14 +15,20 @@ master and one fp32 gradient exist at a time. With ``offload_moments`` the two A
 pinned host memory and are streamed to the GPU per bucket (copies on a side stream, one bucket
 ahead), which removes 8 bytes per value from the GPU at the cost of moving them across PCIe once per
 optimizer step (amortised over the micro-batches of a step).
+
+It is a ``torch.optim.Optimizer``: the state of a parameter (``residual``, ``exp_avg``, ``exp_avg_sq``,
+``step``) lives in ``optimizer.state[p]``, so LR schedulers and torch.distributed.checkpoint work. FSDP2
+parameters (DTensors) are stepped shard by shard; their state tensors are DTensors with the same
+placements (moment offloading is for plain tensors only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.optim.adam import adam
 
 _HALF = 0x8000
@@ -47,9 +53,9 @@ def merge_fp32(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
-def residual_of(param: torch.Tensor) -> torch.Tensor:
-    """The residual of a bf16 parameter taken as its own exact master (zeros)."""
-    return torch.zeros(param.shape, dtype=torch.int16, device=param.device)
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor; a plain tensor as is."""
+    return t._local_tensor if isinstance(t, DTensor) else t
 
 
 def buckets_by_size(sizes: Sequence[int], bucket_bytes: int, bytes_per_value: int = 4) -> list[list[int]]:
@@ -66,11 +72,11 @@ def buckets_by_size(sizes: Sequence[int], bucket_bytes: int, bytes_per_value: in
     return out
 
 
-class SplitMasterAdamW:
+class SplitMasterAdamW(torch.optim.Optimizer):
     """Decoupled-weight-decay Adam over bf16 parameters with split fp32 masters (see the module doc).
 
-    Gradients may be bf16 or fp32 (``p.grad``); they are read in fp32 per bucket. The learning rate can
-    be changed between steps through ``param_groups[0]["lr"]``.
+    Gradients may be bf16 or fp32 (``p.grad``); they are read in fp32 per bucket. A new parameter's
+    master is its bf16 value (residual 0).
     """
 
     def __init__(
@@ -84,97 +90,145 @@ class SplitMasterAdamW:
         bucket_bytes: int = 256 << 20,
         offload_moments: bool = False,
     ) -> None:
-        self.params = [p for p in params]
-        if not self.params:
+        plist = list(params)
+        if not plist:
             raise ValueError("SplitMasterAdamW got no parameters")
-        bad = [p.dtype for p in self.params if p.dtype != torch.bfloat16]
+        bad = [p.dtype for p in plist if p.dtype != torch.bfloat16]
         if bad:
             raise TypeError(f"SplitMasterAdamW keeps bf16 parameters only; got {bad[0]} (cast the model to bf16)")
-        self.param_groups = [{"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}]
-        self.offload = offload_moments and self.params[0].is_cuda
-        self.residuals = [residual_of(p) for p in self.params]
-        moment_device = torch.device("cpu") if self.offload else None
+        if offload_moments and any(isinstance(p, DTensor) for p in plist):
+            raise ValueError("SplitMasterAdamW: offload_moments is for plain (not FSDP-sharded) parameters")
+        super().__init__(plist, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self.offload = offload_moments and local(plist[0]).is_cuda
+        self.bucket_bytes = bucket_bytes
 
-        def moment(p: torch.Tensor) -> torch.Tensor:
-            if moment_device is None:
-                return torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-            return torch.zeros(p.shape, dtype=torch.float32, device=moment_device).pin_memory()
+    # ---- state -------------------------------------------------------------------------------------
+    def _state_of(self, p: torch.Tensor) -> dict[str, Any]:
+        st = self.state[p]
+        if not st:
+            st["step"] = torch.zeros((), dtype=torch.float32, device=local(p).device)
+            st["residual"] = torch.zeros_like(p, dtype=torch.int16)
+            for key in ("exp_avg", "exp_avg_sq"):
+                if self.offload:
+                    st[key] = torch.zeros(p.shape, dtype=torch.float32, device="cpu").pin_memory()
+                else:
+                    st[key] = torch.zeros_like(p, dtype=torch.float32)
+        return st
 
-        self.exp_avg = [moment(p) for p in self.params]
-        self.exp_avg_sq = [moment(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
-        self.buckets = buckets_by_size([p.numel() for p in self.params], bucket_bytes)
-        self.fused = self.params[0].is_cuda
+    def residual(self, p: torch.Tensor) -> torch.Tensor:
+        """The int16 residual of ``p`` (zeros before its first step)."""
+        return cast(torch.Tensor, self._state_of(p)["residual"])
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+    def master(self, p: torch.Tensor) -> torch.Tensor:
+        """The exact fp32 master of ``p`` (this rank's shard for a DTensor; a new tensor)."""
+        return merge_fp32(local(p).detach(), local(self.residual(p)))
 
+    def state_bytes_on_device(self) -> int:
+        """Bytes of optimizer state on the parameters' devices (this rank)."""
+        total = 0
+        for st in self.state.values():
+            for value in st.values():
+                t = local(value)
+                if t.device.type != "cpu" or not self.offload:
+                    total += t.numel() * t.element_size()
+        return total
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Like ``Optimizer.load_state_dict``, but state tensors keep their own dtypes (the base class
+        casts floating-point state to the parameter's dtype: fp32 moments would become bf16)."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"optimizer state has {len(saved_groups)} parameter groups, this optimizer "
+                             f"{len(self.param_groups)}")
+        by_id: dict[Any, torch.Tensor] = {}
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"optimizer state has {len(saved['params'])} parameters in a group, this "
+                                 f"optimizer {len(group['params'])}")
+            by_id.update(zip(saved["params"], group["params"], strict=True))
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        self.state.clear()
+        for pid, saved_state in state_dict["state"].items():
+            p = by_id[pid]
+            self.state[p] = {k: self._placed(p, k, v) for k, v in saved_state.items()}
+
+    def _placed(self, p: torch.Tensor, key: str, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if key in ("exp_avg", "exp_avg_sq") and self.offload:
+            return value.to("cpu").pin_memory()
+        if isinstance(value, DTensor) or key == "step":
+            return value.to(local(p).device)
+        return value.to(p.device)
+
+    # ---- step --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        if not self.offload:
-            for bucket in self.buckets:
-                m = [self.exp_avg[i] for i in bucket]
-                self._step_bucket(bucket, m, [self.exp_avg_sq[i] for i in bucket], group)
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("SplitMasterAdamW does not take a closure")
+        for group in self.param_groups:
+            live = [p for p in group["params"] if p.grad is not None]
+            sizes = [local(p).numel() for p in live]
+            buckets = [[live[i] for i in b] for b in buckets_by_size(sizes, self.bucket_bytes)]
+            if self.offload:
+                self._step_offloaded(buckets, group)
+                continue
+            for params in buckets:
+                states = [self._state_of(p) for p in params]
+                m = [local(st["exp_avg"]) for st in states]
+                v = [local(st["exp_avg_sq"]) for st in states]
+                self._step_bucket(params, states, m, v, group)
+
+    def _step_offloaded(self, buckets: list[list[torch.Tensor]], group: dict[str, Any]) -> None:
+        """Moments in pinned host memory: each bucket's are copied in on a side stream while the bucket
+        before it steps, and copied back once its step is done."""
+        if not buckets:
             return
-        copy = torch.cuda.Stream(device=self.params[0].device)
-        compute = torch.cuda.current_stream(self.params[0].device)
+        device = local(buckets[0][0]).device
+        copy = torch.cuda.Stream(device=device)
+        compute = torch.cuda.current_stream(device)
 
-        def fetch(bucket: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.cuda.Event]:
+        def fetch(params: list[torch.Tensor]) -> tuple[list[dict[str, Any]], list[torch.Tensor], list[torch.Tensor],
+                                                        torch.cuda.Event]:
+            states = [self._state_of(p) for p in params]
             with torch.cuda.stream(copy):
-                m = [self.exp_avg[i].to(self.params[i].device, non_blocking=True) for i in bucket]
-                v = [self.exp_avg_sq[i].to(self.params[i].device, non_blocking=True) for i in bucket]
-                ev = torch.cuda.Event()
-                ev.record(copy)
-            return m, v, ev
+                m = [st["exp_avg"].to(device, non_blocking=True) for st in states]
+                v = [st["exp_avg_sq"].to(device, non_blocking=True) for st in states]
+                ready = torch.cuda.Event()
+                ready.record(copy)
+            return states, m, v, ready
 
-        nxt = fetch(self.buckets[0])
-        for k, bucket in enumerate(self.buckets):
-            m, v, ready = nxt
+        nxt = fetch(buckets[0])
+        for k, params in enumerate(buckets):
+            states, m, v, ready = nxt
             compute.wait_event(ready)
             for t in (*m, *v):
                 t.record_stream(compute)
-            if k + 1 < len(self.buckets):
-                nxt = fetch(self.buckets[k + 1])
-            self._step_bucket(bucket, m, v, group)
+            if k + 1 < len(buckets):
+                nxt = fetch(buckets[k + 1])
+            self._step_bucket(params, states, m, v, group)
             done = torch.cuda.Event()
             done.record(compute)
             with torch.cuda.stream(copy):
                 copy.wait_event(done)
-                for i, mi, vi in zip(bucket, m, v, strict=True):
-                    self.exp_avg[i].copy_(mi, non_blocking=True)
-                    self.exp_avg_sq[i].copy_(vi, non_blocking=True)
-                    mi.record_stream(copy)
-                    vi.record_stream(copy)
+                for st, mi, vi in zip(states, m, v, strict=True):
+                    st["exp_avg"].copy_(mi, non_blocking=True)
+                    st["exp_avg_sq"].copy_(vi, non_blocking=True)
         compute.wait_stream(copy)
 
-    def _step_bucket(self, bucket: list[int], m: list[torch.Tensor], v: list[torch.Tensor],
-                     group: dict[str, object]) -> None:
-        live = [j for j, i in enumerate(bucket) if self.params[i].grad is not None]
-        if not live:
-            return
-        idx = [bucket[j] for j in live]
-        masters = [merge_fp32(self.params[i], self.residuals[i]) for i in idx]
-        grads = [self.params[i].grad.float() for i in idx]  # type: ignore[union-attr]
+    def _step_bucket(self, params: list[torch.Tensor], states: list[dict[str, Any]], m: list[torch.Tensor],
+                     v: list[torch.Tensor], group: dict[str, Any]) -> None:
+        masters = [merge_fp32(local(p).detach(), local(st["residual"])) for p, st in zip(params, states, strict=True)]
+        grads = [local(cast(torch.Tensor, p.grad)).float() for p in params]
+        fused = masters[0].is_cuda
         betas = cast(tuple[float, float], group["betas"])
         adam(
-            masters, grads, [m[j] for j in live], [v[j] for j in live], [], [self.steps[i] for i in idx],
-            foreach=None if self.fused else True, fused=True if self.fused else None,
+            masters, grads, m, v, [], [st["step"] for st in states],
+            foreach=None if fused else True, fused=True if fused else None,
             decoupled_weight_decay=True, amsgrad=False, maximize=False,
             beta1=betas[0], beta2=betas[1], lr=cast(float, group["lr"]),
             weight_decay=cast(float, group["weight_decay"]), eps=cast(float, group["eps"]),
         )
         del grads
-        for i, master in zip(idx, masters, strict=True):
-            split_fp32(master, self.params[i].data, self.residuals[i])
-
-    def state_bytes_on_device(self) -> int:
-        """Bytes of optimizer state on the parameters' device (residuals, steps, moments unless offloaded)."""
-        total = sum(r.numel() * r.element_size() for r in self.residuals) + 4 * len(self.steps)
-        if not self.offload:
-            total += sum(t.numel() * 4 for t in (*self.exp_avg, *self.exp_avg_sq))
-        return total
+        for p, st, master in zip(params, states, masters, strict=True):
+            split_fp32(master, local(p).detach(), local(st["residual"]))

@@ -24,6 +24,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from dspark_trainer.config.training import OptimizerConfig
+from dspark_trainer.optim.split_master import SplitMasterAdamW
 from dspark_trainer.runtime.lr_schedule import lr_factor, warmup_steps
 
 
@@ -36,15 +37,22 @@ def param_dtype_for(precision: Literal["auto", "bf16", "fp32"], device: torch.de
 
 def shard_model(
     model: torch.nn.Module, layers: Sequence[torch.nn.Module], device: torch.device, world_size: int,
-    param_dtype: torch.dtype,
+    param_dtype: torch.dtype, *, split_master: bool = False,
 ) -> DeviceMesh:
     """Apply FSDP2 in place; returns the 1-D data-parallel mesh. The root's frozen parameters are
-    cast to ``param_dtype`` and left out of FSDP (replicated, see the module docstring)."""
+    cast to ``param_dtype`` and left out of FSDP (replicated, see the module docstring). With
+    ``split_master`` the trainable parameters are stored in ``param_dtype`` (bf16) too: the optimizer
+    (``SplitMasterAdamW``) keeps the rest of their fp32 masters."""
+    if split_master and param_dtype != torch.bfloat16:
+        raise ValueError(f"split master weights need bf16 parameters, not {param_dtype}")
     mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     frozen = frozen_root_parameters(model, layers)
     for p in frozen:
         p.data = p.data.to(param_dtype)
+    if split_master:
+        for p in trainable_parameters(model):
+            p.data = p.data.to(param_dtype)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=set(frozen) or None)
@@ -61,10 +69,15 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA), or SplitMasterAdamW for ``optimizer.masterWeights: split``."""
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the draft has no trainable parameters")
+    if cfg.master_weights == "split":
+        return SplitMasterAdamW(
+            params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        )
     fused = all(p.device.type == "cuda" for p in params)  # fused AdamW: CUDA only (CPU keeps the for-each path)
     return torch.optim.AdamW(
         params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dspark_trainer.assets import BUILTIN_PREFIX
 from dspark_trainer.config.training import ConfigError, TrainerConfig
 from dspark_trainer.data.records import ConversationRecord, DatasetError, load_dataset
@@ -88,8 +90,23 @@ def check_paths(config: TrainerConfig) -> None:
             raise ConfigError(f"{field}: {value} is below a file, not a directory")
 
 
+def check_master_weights(config: TrainerConfig, cuda_available: bool) -> None:
+    """Split master weights need bf16 parameters."""
+    if config.optimizer.master_weights != "split":
+        return
+    rt = config.runtime
+    on_cuda = rt.device == "cuda" or (rt.device == "auto" and cuda_available)
+    if rt.precision == "bf16" or (rt.precision == "auto" and on_cuda):
+        return
+    raise ConfigError(
+        f"optimizer.masterWeights: split needs bf16 parameters, but runtime.precision is {rt.precision} "
+        f"on {'CUDA' if on_cuda else 'CPU'}; set runtime.precision: bf16 or optimizer.masterWeights: fp32"
+    )
+
+
 def plan_run(config: TrainerConfig, world_size: int) -> RunPlan:
     """Every start-up check; raises ConfigError naming the field."""
+    check_master_weights(config, torch.cuda.is_available())
     if config.capture.mode == "remote" and not config.capture.endpoints:
         raise ConfigError("capture.endpoints: at least one capture server URL is needed when capture.mode is remote")
     try:

@@ -82,7 +82,8 @@ class TrainingRun:
     def setup(self) -> None:
         torch.manual_seed(self.config.schedule.seed)
         model = self.api.build_model(self.config, self.config.target.model, self.plan.layer_ids, self.ctx.device)
-        shard_model(model, self.api.decoder_layers(model), self.ctx.device, self.ctx.world_size, self.param_dtype)
+        shard_model(model, self.api.decoder_layers(model), self.ctx.device, self.ctx.world_size, self.param_dtype,
+                    split_master=self.config.optimizer.master_weights == "split")
         self.model = model
         self.optimizer = build_optimizer(model, self.config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, self.config.optimizer, self.plan.total_steps)
