@@ -122,12 +122,10 @@ def test_killed_worker_resumes_and_uses_every_sample_as_often(
         torch.testing.assert_close(value, ref[key], rtol=1e-5, atol=1e-6)
 
 
-def test_sigterm_checkpoints_then_a_restart_finishes_the_same_run(
-    tmp_path: Path, target_dir: Path, reference_run: Path
-) -> None:
-    root = tmp_path / "sigterm"
+def sigterm_after_three_steps(root: Path, cfg: dict[str, Any]) -> int:
+    """Start a 2-rank run, send torchrun SIGTERM once rank 0 logged 3 steps; the step it checkpointed."""
     root.mkdir()
-    path = write_config(root / "config.yaml", base_config(root, target_dir, checkpoint={"intervalSteps": 100}))
+    path = write_config(root / "config.yaml", cfg)
     proc = subprocess.Popen(torchrun_cmd(path, 2), env=trainer_env(), cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log0 = root / "samples" / "rank-00000.jsonl"
@@ -140,7 +138,14 @@ def test_sigterm_checkpoints_then_a_restart_finishes_the_same_run(
     out, _ = proc.communicate(timeout=120)
     ckpts = sorted((root / "ckpt").glob("step-*"))
     assert ckpts, out[-4000:]
-    stopped_at = int(ckpts[-1].name.split("-")[1])
+    return int(ckpts[-1].name.split("-")[1])
+
+
+def test_sigterm_checkpoints_then_a_restart_finishes_the_same_run(
+    tmp_path: Path, target_dir: Path, reference_run: Path
+) -> None:
+    root = tmp_path / "sigterm"
+    stopped_at = sigterm_after_three_steps(root, base_config(root, target_dir, checkpoint={"intervalSteps": 100}))
     assert 3 <= stopped_at < 12
     assert not (root / "out" / "dspark_complete.json").exists()
     run_torchrun(root, base_config(root, target_dir, checkpoint={"intervalSteps": 100}), nproc=2)
@@ -155,20 +160,7 @@ def test_split_master_weights_train_and_resume_exactly(tmp_path: Path, target_di
     ref = tmp_path / "ref"
     run_torchrun(ref, base_config(ref, target_dir, **over), nproc=2)
     root = tmp_path / "stopped"
-    root.mkdir()
-    path = write_config(root / "config.yaml", base_config(root, target_dir, **over))
-    proc = subprocess.Popen(torchrun_cmd(path, 2), env=trainer_env(), cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log0 = root / "samples" / "rank-00000.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if log0.exists() and len(log0.read_text().splitlines()) >= 3:
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.02)
-    out, _ = proc.communicate(timeout=120)
-    ckpts = sorted((root / "ckpt").glob("step-*"))
-    assert ckpts and 3 <= int(ckpts[-1].name.split("-")[1]) < 8, out[-4000:]
+    assert 3 <= sigterm_after_three_steps(root, base_config(root, target_dir, **over)) < 8
     run_torchrun(root, base_config(root, target_dir, **over), nproc=2)
     assert sample_logs(root) == sample_logs(ref)
     got, want = weights(root), weights(ref)
