@@ -235,10 +235,3 @@ def start_capture_servers(
     for url, proc, what in started:
         wait_until(http_ok(f"{url}/health"), proc, what, timeout=180)
     return [url for url, _, _ in started]
-
-
-def start_capture_server(
-    cfg: TrainerConfig, layout: Layout, layer_ids: list[int], processes: ProcessSet, say: Callable[[str], None]
-) -> str:
-    """One reference capture server on the trainer's device; returns its URL."""
-    return start_capture_servers(cfg, layout, layer_ids, processes, say)[0]
