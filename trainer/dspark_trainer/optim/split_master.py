@@ -115,23 +115,9 @@ class SplitMasterAdamW(torch.optim.Optimizer):
                     st[key] = torch.zeros_like(p, dtype=torch.float32)
         return st
 
-    def residual(self, p: torch.Tensor) -> torch.Tensor:
-        """The int16 residual of ``p`` (zeros before its first step)."""
-        return cast(torch.Tensor, self._state_of(p)["residual"])
-
     def master(self, p: torch.Tensor) -> torch.Tensor:
         """The exact fp32 master of ``p`` (this rank's shard for a DTensor; a new tensor)."""
-        return merge_fp32(local(p).detach(), local(self.residual(p)))
-
-    def state_bytes_on_device(self) -> int:
-        """Bytes of optimizer state on the parameters' devices (this rank)."""
-        total = 0
-        for st in self.state.values():
-            for value in st.values():
-                t = local(value)
-                if t.device.type != "cpu" or not self.offload:
-                    total += t.numel() * t.element_size()
-        return total
+        return merge_fp32(local(p).detach(), local(self._state_of(p)["residual"]))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Like ``Optimizer.load_state_dict``, but state tensors keep their own dtypes (the base class

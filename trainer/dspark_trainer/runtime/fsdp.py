@@ -3,7 +3,8 @@
 ``fully_shard`` is applied to every decoder layer and then to the root (which keeps the context
 projection, norms, Markov and confidence heads). Trainable parameters stay fp32 (the optimizer's
 master copy); ``MixedPrecisionPolicy(param_dtype, reduce_dtype=fp32)`` casts them for compute and
-reduces gradients in fp32.
+reduces gradients in fp32. With ``optimizer.masterWeights: split`` they are stored in bf16 instead and
+``SplitMasterAdamW`` holds the rest of each fp32 master.
 
 Frozen parameters of the root (the embedding and the LM head, ~1.2 B values at the Qwen3-8B shape)
 are kept OUT of FSDP (``ignored_params``): every rank holds them whole, in the compute dtype (bf16
