@@ -95,7 +95,7 @@ def main() -> int:
     config_path.write_text(yaml.safe_dump(bench_config(args), sort_keys=False))
     scraped: dict[str, Any] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=scrape, args=(workdir / "trainer.yaml", stop, scraped), daemon=True)
+    watcher = threading.Thread(target=scrape, args=(workdir / "job.yaml", stop, scraped), daemon=True)
     watcher.start()
     started = time.monotonic()
     code = run_local(LocalOptions(config_path=str(config_path), workdir=str(workdir), nproc=args.nproc,

@@ -221,7 +221,7 @@ def main() -> int:
 
     snaps: list[tuple[float, str]] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=scrape_all, args=(workdir / "trainer.yaml", stop, snaps), daemon=True)
+    watcher = threading.Thread(target=scrape_all, args=(workdir / "job.yaml", stop, snaps), daemon=True)
     watcher.start()
     t0 = time.monotonic()
     code = run_local(LocalOptions(config_path=str(config_path), workdir=str(workdir), nproc=args.nproc,

@@ -44,19 +44,10 @@ MOONCAKE_METRICS_PORT: Final = 9003
 INFERENCE_PORT: Final = 30000
 TRAINER_RDZV_PORT: Final = 29500
 
-# Paths inside pods.
-CONFIG_MOUNT: Final = "/etc/dspark"
-TRAINER_CONFIG_FILE: Final = "trainer.yaml"
-CAPTURE_CONFIG_FILE: Final = "capture.yaml"
+# Paths inside pods (the job config's: dspark_trainer.config.job.JOB_CONFIG_DIR/FILE).
 MODELS_MOUNT: Final = "/models"
 DATA_MOUNT: Final = "/data"
 
-# Environment variables the operator sets in trainer pods (read by dspark_trainer.status_reporter).
-ENV_JOB_NAME: Final = "DSPARK_JOB_NAME"
-ENV_JOB_NAMESPACE: Final = "DSPARK_JOB_NAMESPACE"
-ENV_JOB_UID: Final = "DSPARK_JOB_UID"
-ENV_POD_NAME: Final = "DSPARK_POD_NAME"
-ENV_POD_INDEX: Final = "DSPARK_POD_INDEX"
 
 # Default images; the operator deployment may override them (env, see settings.py).
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/dspark-k8s/dspark-trainer:0.1.0"

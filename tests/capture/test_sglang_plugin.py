@@ -310,9 +310,9 @@ def test_capture_client_speaks_the_sglang_adapter(
         samples.append((f"s{i}", ids, [1] * len(ids)))
     with _FakeSGLang(engine, wrapped_processor()) as fake:
         cfg = CaptureClientConfig.model_validate(
-            {"server_api": "sglang", "window": 2, "endpoints": [f"http://127.0.0.1:{fake.port}"]}
+            {"window": 2, "endpoints": [f"http://127.0.0.1:{fake.port}"]}
         )
-        with CaptureClient(cfg, mooncake_master.transport_config()) as client:
+        with CaptureClient(cfg, mooncake_master.transport_config(), server_api="sglang") as client:
             got = [s.materialize() for s in client.stream(samples)]
             assert mooncake_master.key_count() == 0
     assert [s.sample_id for s in got] == ["s0", "s1", "s2", "s3"]

@@ -160,7 +160,7 @@ class LocalRun:
 
         def ready() -> dict[str, str] | None:
             self._alive()
-            path = self.workdir / "trainer.yaml"
+            path = self.workdir / "job.yaml"
             if not path.exists():
                 return None
             cfg = yaml.safe_load(path.read_text()) or {}

@@ -12,7 +12,7 @@ from dspark_operator.builders import build_children, child_names
 from dspark_operator.builders.common import spec_hash
 from dspark_operator.constants import ANNOTATION_SPEC_HASH
 from dspark_operator.reconcile import needs_apply
-from dspark_trainer.config import TrainerConfig
+from dspark_trainer.config import JobConfig
 from operator_helpers import UID, env_of, find, make_ctx
 
 PROD = {
@@ -224,7 +224,7 @@ def test_scaled_down_children_have_zero_replicas() -> None:
 
 def test_config_map_holds_a_valid_trainer_config() -> None:
     cm = find(build_children(make_ctx(PROD)), "ConfigMap")
-    config = TrainerConfig.model_validate(yaml.safe_load(cm["data"]["trainer.yaml"]))
+    config = JobConfig.model_validate(yaml.safe_load(cm["data"]["job.yaml"]))
     assert config.target.model == "/models/q"
     assert config.dataset.path == "/data/x.jsonl"
     assert config.capture.endpoints == ["http://demo-inference.ns.svc:30000"]

@@ -110,7 +110,7 @@ def test_trainer_reads_the_regenerated_dataset() -> None:
     assert render_trainer_config(plain, name="demo", namespace="ns").dataset.path == "/data/train.jsonl"
     # The ConfigMap says so too, and the rendered config has no regenerate section (the trainer does not know it).
     cm = find(build_children(make_ctx(REGEN)), "ConfigMap")
-    rendered = yaml.safe_load(cm["data"]["trainer.yaml"])
+    rendered = yaml.safe_load(cm["data"]["job.yaml"])
     assert rendered["dataset"]["path"] == "/output/regenerated"
     assert "regenerate" not in rendered["dataset"] and "claimName" not in rendered["dataset"]
 
@@ -170,7 +170,7 @@ def test_regeneration_job_manifest() -> None:
         )
     args = c["args"]
     assert args[args.index("--output") + 1] == "/out/regenerated"
-    assert yaml.safe_load(find(build_children(ctx), "ConfigMap")["data"]["trainer.yaml"])["dataset"]["path"] == (
+    assert yaml.safe_load(find(build_children(ctx), "ConfigMap")["data"]["job.yaml"])["dataset"]["path"] == (
         "/out/regenerated"
     )
 

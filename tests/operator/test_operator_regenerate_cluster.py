@@ -68,7 +68,7 @@ def test_regeneration_job_succeeds_then_training_starts(dsj_env: OperatorEnv, k8
 
     # Training reads the regenerated output, and its pods started only after the Job completed.
     children = env.children(ns, "regen")
-    trainer_yaml = yaml.safe_load(children["ConfigMap/regen-config"]["data"]["trainer.yaml"])
+    trainer_yaml = yaml.safe_load(children["ConfigMap/regen-config"]["data"]["job.yaml"])
     assert trainer_yaml["dataset"]["path"] == "/output/regenerated"
     done = bjob["status"]["completionTime"]
     trainer = running_pods(env, ns, "regen", "trainer")

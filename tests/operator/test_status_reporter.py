@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from dspark_trainer.config.job import JobIdentity
 from dspark_trainer.status_reporter import StatusReporter, normalize
 
 
@@ -62,12 +63,11 @@ def fake() -> tuple[StatusReporter, FakeClient, Clock]:
     return StatusReporter("j", "ns", min_interval=10, api_client=client, clock=clock), client, clock
 
 
-def test_from_env() -> None:
-    assert StatusReporter.from_env({}) is None
-    assert StatusReporter.from_env({"DSPARK_JOB_NAME": "j", "RANK": "3"}) is None
-    r = StatusReporter.from_env(
-        {"DSPARK_JOB_NAME": "j", "DSPARK_JOB_NAMESPACE": "ns", "RANK": "0", "DSPARK_STATUS_INTERVAL_SECONDS": "2.5"}
-    )
+def test_for_job() -> None:
+    job = JobIdentity(name="j", namespace="ns")
+    assert StatusReporter.for_job(None) is None
+    assert StatusReporter.for_job(job, env={"RANK": "3"}) is None
+    r = StatusReporter.for_job(job, min_interval=2.5, env={"RANK": "0"})
     assert r is not None and (r.name, r.namespace, r.min_interval) == ("j", "ns", 2.5)
     assert r.path == "/apis/dspark.io/v1alpha1/namespaces/ns/dsparktrainingjobs/j/status"
 

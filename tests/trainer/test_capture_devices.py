@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 from dspark_trainer.assets import LOCAL_DEMO_CONFIG
-from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.config.job import JobConfig
+from dspark_trainer.config.training import ConfigError
 from dspark_trainer.local.pipeline import LocalOptions, run_local
 from dspark_trainer.local.services import (
     CaptureServerPlan,
@@ -19,10 +20,10 @@ from dspark_trainer.local.services import (
 )
 
 
-def demo_config(**capture: Any) -> TrainerConfig:
+def demo_config(**capture: Any) -> JobConfig:
     raw = yaml.safe_load(LOCAL_DEMO_CONFIG.read_text())
     raw["capture"] = {**raw["capture"], "endpoints": ["http://127.0.0.1:1"], **capture}
-    return TrainerConfig.from_mapping(raw)
+    return JobConfig.from_mapping(raw)
 
 
 def test_parse_splits_on_commas() -> None:

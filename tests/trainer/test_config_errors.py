@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from dspark_trainer.cli import main as cli_main
-from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.config.job import JobConfig
+from dspark_trainer.config.training import ConfigError
 from dspark_trainer.runtime.preflight import plan_run
 from trainer_helpers import make_small_target, write_config
 
@@ -54,7 +55,7 @@ def test_snake_case_json_is_accepted_too(tmp_path: Path, target: Path) -> None:
     cfg["schedule"] = {"global_batch_size": 4, "micro_batch_size": 2}
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
-    parsed = TrainerConfig.from_file(path)
+    parsed = JobConfig.from_file(path)
     assert parsed.schedule.micro_batch_size == 2
 
 
@@ -62,7 +63,7 @@ def test_missing_dataset(tmp_path: Path, target: Path, capsys: pytest.CaptureFix
     cfg = good(target, tmp_path)
     cfg["dataset"]["path"] = str(tmp_path / "missing.jsonl")
     with pytest.raises(ConfigError, match=r"dataset\.path: .*missing\.jsonl does not exist"):
-        plan_run(TrainerConfig.model_validate(cfg), 1)
+        plan_run(JobConfig.model_validate(cfg), 1)
     cfg["runtime"] = {"exitOnComplete": True}
     assert "dataset.path" in cli_error(tmp_path, cfg, capsys)
 
@@ -71,13 +72,13 @@ def test_target_layer_ids_outside_the_model(tmp_path: Path, target: Path) -> Non
     cfg = good(target, tmp_path)
     cfg["draft"] = {"numTargetLayersCaptured": 5}  # the default rule needs more than 4 layers
     with pytest.raises(ConfigError, match=r"draft\.targetLayerIds: the target has 4 layers"):
-        plan_run(TrainerConfig.model_validate(cfg), 1)
+        plan_run(JobConfig.model_validate(cfg), 1)
     cfg["draft"] = {"targetLayerIds": [1, 3]}  # layer 3 is the last of 4
     with pytest.raises(ConfigError, match=r"draft\.targetLayerIds: .*\[3\]"):
-        plan_run(TrainerConfig.model_validate(cfg), 1)
+        plan_run(JobConfig.model_validate(cfg), 1)
     cfg["draft"] = {"targetLayerIds": [1, 9]}
     with pytest.raises(ConfigError, match=r"draft\.targetLayerIds"):
-        plan_run(TrainerConfig.model_validate(cfg), 1)
+        plan_run(JobConfig.model_validate(cfg), 1)
 
 
 def test_more_ranks_than_samples(tmp_path: Path, target: Path, write_jsonl: Any) -> None:
@@ -87,8 +88,8 @@ def test_more_ranks_than_samples(tmp_path: Path, target: Path, write_jsonl: Any)
     cfg["dataset"] = {"path": str(write_jsonl(convs)), "evalFraction": 0.0}
     cfg["schedule"] = {"globalBatchSize": 4}
     with pytest.raises(ConfigError, match=r"dataset\.path: 3 training samples are too few for 4 ranks"):
-        plan_run(TrainerConfig.model_validate(cfg), 4)
-    plan = plan_run(TrainerConfig.model_validate(cfg), 2)
+        plan_run(JobConfig.model_validate(cfg), 4)
+    plan = plan_run(JobConfig.model_validate(cfg), 2)
     assert plan.samples_per_rank == 2
 
 
@@ -96,19 +97,19 @@ def test_batch_sizes_and_capture_endpoints(tmp_path: Path, target: Path) -> None
     cfg = good(target, tmp_path)
     cfg["schedule"] = {"globalBatchSize": 6}
     with pytest.raises(ConfigError, match=r"schedule\.globalBatchSize \(6\) must be a multiple of ranks \(4\)"):
-        plan_run(TrainerConfig.model_validate(cfg), 4)
+        plan_run(JobConfig.model_validate(cfg), 4)
     with pytest.raises(ConfigError, match=r"schedule\.globalBatchSize \(6\) must be a multiple of schedule"):
-        TrainerConfig.from_mapping({**cfg, "schedule": {"globalBatchSize": 6, "microBatchSize": 4}})
+        JobConfig.from_mapping({**cfg, "schedule": {"globalBatchSize": 6, "microBatchSize": 4}})
     cfg = good(target, tmp_path)
     cfg["capture"] = {"mode": "remote"}
     with pytest.raises(ConfigError, match=r"capture\.endpoints"):
-        plan_run(TrainerConfig.model_validate(cfg), 1)
+        plan_run(JobConfig.model_validate(cfg), 1)
 
 
 def test_split_master_weights_need_bf16_parameters(tmp_path: Path, target: Path) -> None:
     from dspark_trainer.runtime.preflight import check_master_weights
 
-    cfg = TrainerConfig.model_validate({**good(target, tmp_path), "optimizer": {"masterWeights": "split"},
+    cfg = JobConfig.model_validate({**good(target, tmp_path), "optimizer": {"masterWeights": "split"},
                                         "runtime": {"device": "cpu"}})
     with pytest.raises(ConfigError, match=r"optimizer\.masterWeights: split needs bf16.*runtime\.precision: bf16"):
         plan_run(cfg, 1)
@@ -124,7 +125,7 @@ def test_builtin_target_outside_local_mode(tmp_path: Path, target: Path) -> None
     cfg = good(target, tmp_path)
     cfg["target"] = {"model": "builtin:tiny-qwen3"}
     with pytest.raises(ConfigError, match=r"target\.model: builtin:tiny-qwen3 is only created by"):
-        plan_run(TrainerConfig.model_validate(cfg), 1)
+        plan_run(JobConfig.model_validate(cfg), 1)
 
 
 def test_demo_config_copies_match() -> None:
@@ -132,4 +133,4 @@ def test_demo_config_copies_match() -> None:
 
     repo = Path(__file__).resolve().parents[2]
     assert (repo / "configs" / "local-demo.yaml").read_text() == LOCAL_DEMO_CONFIG.read_text()
-    TrainerConfig.from_file(LOCAL_DEMO_CONFIG)
+    JobConfig.from_file(LOCAL_DEMO_CONFIG)

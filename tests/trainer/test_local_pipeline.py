@@ -81,7 +81,7 @@ def scrape(workdir: Path, stop: threading.Event, run: Run) -> None:
     while not stop.wait(0.3):
         if port is None:
             try:
-                port = int(yaml.safe_load((workdir / "trainer.yaml").read_text())["metrics"]["port"])
+                port = int(yaml.safe_load((workdir / "job.yaml").read_text())["metrics"]["port"])
             except (OSError, TypeError, KeyError, ValueError):
                 continue
         try:
@@ -92,12 +92,12 @@ def scrape(workdir: Path, stop: threading.Event, run: Run) -> None:
 
 
 def scrape_capture_servers(workdir: Path, stop: threading.Event, run: Run) -> None:
-    """Keep the last /metrics text of every capture server (their URLs: trainer.yaml's capture.endpoints)."""
+    """Keep the last /metrics text of every capture server (their URLs: job.yaml's capture.endpoints)."""
     endpoints: list[str] = []
     while not stop.wait(0.3):
         if not endpoints:
             try:
-                endpoints = list(yaml.safe_load((workdir / "trainer.yaml").read_text())["capture"]["endpoints"])
+                endpoints = list(yaml.safe_load((workdir / "job.yaml").read_text())["capture"]["endpoints"])
             except (OSError, TypeError, KeyError, ValueError):
                 continue
         for url in endpoints:
@@ -256,7 +256,7 @@ def test_two_capture_servers_feed_one_trainer(tmp_path: Path, demo_target: Path)
     assert run.returncode == 0, run.output[-5000:]
     assert "reference capture server 1/2" in run.output and "reference capture server 2/2" in run.output
 
-    endpoints = yaml.safe_load((workdir / "trainer.yaml").read_text())["capture"]["endpoints"]
+    endpoints = yaml.safe_load((workdir / "job.yaml").read_text())["capture"]["endpoints"]
     assert len(endpoints) == 2 and len(set(endpoints)) == 2, endpoints
     logs = workdir / "logs"
     assert (logs / "capture-server-0.log").is_file() and (logs / "capture-server-1.log").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dspark_trainer.config.training import TrainerConfig
+from dspark_trainer.config.job import JobConfig
 from dspark_trainer.runtime import main as runtime_main
 from dspark_trainer.util.net import free_port
 from trainer_helpers import make_small_target
@@ -57,9 +57,9 @@ def one_rank_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         signal.signal(sig, handler)
 
 
-def config(tmp_path: Path, **runtime: Any) -> TrainerConfig:
+def config(tmp_path: Path, **runtime: Any) -> JobConfig:
     target = make_small_target(tmp_path / "target")
-    return TrainerConfig.model_validate({
+    return JobConfig.model_validate({
         "target": {"model": str(target), "dtype": "float32"},
         "draft": {"targetLayerIds": [0, 2], "blockSize": 4, "numDraftLayers": 1, "numAnchors": 8, "markovRank": 8},
         "dataset": {"path": "builtin:demo-conversations", "maxLength": 64, "evalFraction": 0.02},

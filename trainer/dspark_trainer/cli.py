@@ -12,7 +12,8 @@ from collections.abc import Sequence
 # name -> (module under dspark_trainer.commands, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a DSpark draft (torchrun entry point, or --local for the embedded pipeline)"),
-    "capture-server": ("capture_server", "serve the reference hidden-state capture server"),
+    "capture-server": ("capture_server", "serve a job's capture engine (SGLang or reference), or a standalone one"),
+    "mooncake-master": ("mooncake_master", "run a job's Mooncake master (ports from the job config)"),
     "data": ("data", "prepare training data (regenerate responses with the target)"),
 }
 

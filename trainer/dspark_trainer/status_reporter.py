@@ -1,11 +1,11 @@
 """Trainer-side reporter of training progress into the job's ``status.progress`` (torch-free).
 
-The operator runs every trainer pod with ``DSPARK_JOB_NAME`` and ``DSPARK_JOB_NAMESPACE`` set and a
-service account whose Role allows exactly: get this job, get/patch this job's ``status``. Rank 0
+The operator renders the job's name and namespace into the job config (``job:``) and runs the trainer
+pods with a service account whose Role allows exactly: get this job, get/patch this job's ``status``. Rank 0
 creates one reporter and feeds it; patches are throttled (``min_interval`` seconds, default 10),
 except state changes (Checkpointed, Completed, Failed) which are sent at once.
 
-    reporter = StatusReporter.from_env()          # None when not under the operator or not rank 0
+    reporter = StatusReporter.for_job(config.job)  # None when not under the operator or not rank 0
     if reporter:
         reporter.report({"step": 10, "total": 1000, "loss": 2.3, "tau": 3.1, "accept_rate": [0.9, 0.7]})
         if reporter.checkpoint_request():          # the operator wants a checkpoint (suspend)
@@ -35,12 +35,10 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
+from dspark_trainer.config.job import JobIdentity
+
 log = logging.getLogger(__name__)
 
-ENV_JOB_NAME = "DSPARK_JOB_NAME"
-ENV_JOB_NAMESPACE = "DSPARK_JOB_NAMESPACE"
-ENV_INTERVAL = "DSPARK_STATUS_INTERVAL_SECONDS"
-SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 GROUP, VERSION, PLURAL = "dspark.io", "v1alpha1", "dsparktrainingjobs"
 
@@ -131,32 +129,23 @@ class StatusReporter:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_env(
+    def for_job(
         cls,
-        env: Mapping[str, str] | None = None,
+        job: JobIdentity | None,
         *,
-        min_interval: float | None = None,
+        min_interval: float = 10.0,
         api_client: Any = None,
         only_rank0: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> StatusReporter | None:
-        """A reporter for the job named in the environment; None when not running under the operator
-        (no DSPARK_JOB_NAME) or, with only_rank0, when RANK is set and not 0."""
-        env = os.environ if env is None else env
-        name = env.get(ENV_JOB_NAME, "").strip()
-        if not name:
+        """A reporter for the job the config was rendered for; None when not running under the operator
+        (no ``job`` section) or, with only_rank0, when this is not rank 0 ($RANK)."""
+        if job is None:
             return None
+        env = os.environ if env is None else env
         if only_rank0 and env.get("RANK", "0").strip() not in ("", "0"):
             return None
-        namespace = env.get(ENV_JOB_NAMESPACE, "").strip()
-        if not namespace and os.path.exists(SA_NAMESPACE_FILE):
-            with open(SA_NAMESPACE_FILE) as f:
-                namespace = f.read().strip()
-        namespace = namespace or "default"
-        interval = min_interval
-        if interval is None:
-            raw = env.get(ENV_INTERVAL, "").strip()
-            interval = float(raw) if raw else 10.0
-        return cls(name, namespace, min_interval=interval, api_client=api_client)
+        return cls(job.name, job.namespace, min_interval=min_interval, api_client=api_client)
 
     def _api(self) -> Any:
         if self._client is None:

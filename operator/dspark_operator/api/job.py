@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from dspark_trainer.capture.sglang_args import owned_flag
+from dspark_trainer.config import InferenceEngine
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -18,24 +20,8 @@ from dspark_operator.api.status import DSparkTrainingJobStatus
 MAX_JOB_NAME_LENGTH = 40
 JOB_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
-# Flags the operator sets on sglang.launch_server itself; extraArgs may not override them.
-RESERVED_INFERENCE_FLAGS = frozenset(
-    {
-        "--model-path",
-        "--model",
-        "--host",
-        "--port",
-        "--tp-size",
-        "--tensor-parallel-size",
-        "--chunked-prefill-size",
-        "--disable-radix-cache",
-        "--enable-metrics",
-        "--revision",
-        "--dtype",
-    }
-)
 RESERVED_ENV_PREFIXES = ("DSPARK_", "MOONCAKE_")
-RESERVED_ENV_NAMES = frozenset({"SGLANG_PLUGINS", "HF_TOKEN", "NODE_RANK", "POD_IP"})
+RESERVED_ENV_NAMES = frozenset({"SGLANG_PLUGINS", "HF_TOKEN", "NODE_RANK"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +103,11 @@ def check_semantics(name: str, spec: DSparkTrainingJobSpec) -> InvalidSpec | Non
         return InvalidSpec(
             "spec.inference.gpus", f"{inf.gpus} is less than tensorParallelSize={inf.tensor_parallel_size}"
         )
+    if spec.inference.extra_args and spec.inference.engine != InferenceEngine.SGLANG:
+        return InvalidSpec("spec.inference.extraArgs", "are SGLang flags: only for inference.engine sglang")
     for i, arg in enumerate(spec.inference.extra_args):
-        flag = arg.split("=", 1)[0]
-        if flag in RESERVED_INFERENCE_FLAGS:
+        flag = owned_flag(arg)
+        if flag is not None:
             return InvalidSpec(
                 f"spec.inference.extraArgs[{i}]", f"{flag} is set by the operator from the spec and may not be given"
             )
@@ -171,11 +159,13 @@ def parse_spec(name: str, raw_spec: Any) -> tuple[DSparkTrainingJobSpec | None, 
     problem = check_semantics(name, spec)
     if problem is not None:
         return None, problem
-    # The trainer config rendered from the spec must itself be valid.
-    from dspark_operator.builders.config import render_trainer_config  # local import: builders import api
+    # The job config rendered from the spec must itself be valid.
+    from dspark_operator.builders.common import BuildContext  # local imports: builders import api
+    from dspark_operator.builders.config import render_job_config
 
     try:
-        render_trainer_config(spec, name=name, namespace="default")
+        ctx = BuildContext(name=name, namespace="default", uid="", spec=spec, trainer_image="", inference_image="")
+        render_job_config(ctx)
     except ValidationError as err:
         inv = _validation_error_to_invalid(err)
         return None, InvalidSpec(inv.field.replace("spec.", "spec.trainer.", 1), inv.message)

@@ -6,8 +6,10 @@ schema can express live on the fields (ranges, enums, patterns) or as CEL rules
 checked by :func:`dspark_operator.api.validation.validate_job`, which the operator runs
 before creating anything (a failure is reported as `Failed`/`InvalidSpec`).
 
-Shared trainer-side models (`DraftOptions`, `OptimizerConfig`, ...) are reused as they
-are, so a field means the same thing in the CRD and in the rendered trainer config.
+Sections shared with the rendered job config (`dspark_trainer.config.job.JobConfig`, the pod
+contract) are the same pydantic models or subclasses of them (`DraftOptions`, `OptimizerConfig`,
+`InferenceConfig`, `TransportSettings`, ...), so a field and its default mean the same thing in the
+CRD, in the rendered config and in every role that reads it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from dspark_trainer.config import (
-    CaptureClientConfig,
-    CheckpointConfig,
+    CaptureSettings,
+    CheckpointSettings,
     ConfigModel,
     DatasetConfig,
     DraftOptions,
     EvalConfig,
+    InferenceConfig,
     OptimizerConfig,
     ScheduleConfig,
-    TransportConfig,
-    TransportProtocol,
+    TransportSettings,
 )
 from pydantic import AfterValidator, Field, WithJsonSchema
 
@@ -245,52 +247,42 @@ class DatasetSpec(DatasetConfig):
     )
 
 
-class InferenceSpec(ConfigModel):
-    """SGLang servers that run the target and capture its hidden states into Mooncake."""
+class InferenceSpec(InferenceConfig):
+    """The capture servers that run the target and capture its hidden states into Mooncake (SGLang with the
+    dspark plugin, or the reference server); engine, port and serving options are the job config's."""
 
     image: str | None = Field(
         None,
         min_length=1,
         max_length=1024,
-        description="SGLang image with the dspark capture plugin. Default: the operator's configured serving image.",
+        description=(
+            "Image of the capture servers (SGLang with dspark for engine sglang; the trainer image serves the "
+            "reference engine). Default: the operator's serving image (sglang) or trainer image (reference)."
+        ),
     )
-    replicas: int = Field(1, ge=1, le=1024, description="Number of SGLang servers (each one serves the whole target).")
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="Tensor-parallel size of each server (--tp-size).")
+    replicas: int = Field(1, ge=1, le=1024, description="Number of capture servers (each one serves the whole target).")
     gpus: int | None = Field(
         None,
         ge=0,
         le=64,
-        description="GPUs per server. Default: tensorParallelSize. 0 (CPU, testing only) or >= tensorParallelSize.",
+        description=(
+            "GPUs per server. Default: tensorParallelSize for sglang, 0 for reference. 0 (CPU) or >= "
+            "tensorParallelSize."
+        ),
     )
-    port: int = Field(30000, ge=1, le=65535, description="HTTP port of the servers.")
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="CPU/memory for each server; GPUs come from `gpus`."
     )
     shm_size: Quantity = Field("16Gi", description="Size limit of the memory-backed /dev/shm volume.")
-    mem_fraction_static: float | None = Field(
-        None, gt=0, lt=1, description="SGLang --mem-fraction-static (fraction of GPU memory for weights and KV cache)."
-    )
-    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
-        default_factory=list, max_length=128, description="Extra command-line arguments for sglang.launch_server."
-    )
     env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment variables.")
 
 
-class CaptureSpec(ConfigModel):
+class CaptureSpec(CaptureSettings):
     """How trainer ranks ask the inference servers for hidden states."""
 
-    window: int = Field(4, ge=1, le=256, description=CaptureClientConfig.model_fields["window"].description)
-    request_timeout_seconds: float = Field(
-        120.0, gt=0, description=CaptureClientConfig.model_fields["request_timeout_seconds"].description
-    )
-    max_retries: int = Field(20, ge=0, description=CaptureClientConfig.model_fields["max_retries"].description)
 
-
-class CheckpointSpec(ConfigModel):
+class CheckpointSpec(CheckpointSettings):
     """How often the trainer checkpoints (the directory is output.mountPath/output.checkpointDir)."""
-
-    interval_steps: int = Field(500, ge=1, description=CheckpointConfig.model_fields["interval_steps"].description)
-    keep_last: int = Field(3, ge=1, le=1000, description=CheckpointConfig.model_fields["keep_last"].description)
 
 
 class OutputSpec(ConfigModel):
@@ -351,14 +343,9 @@ class TrainerSpec(ConfigModel):
     env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment variables.")
 
 
-class TransportSpec(ConfigModel):
-    """The Mooncake transport between inference and trainer pods."""
+class TransportSpec(TransportSettings):
+    """The Mooncake transport between inference and trainer pods (the master's addresses are the operator's)."""
 
-    protocol: TransportProtocol = Field(
-        TransportProtocol.RDMA,
-        description="Mooncake protocol: rdma (default; needs RDMA devices on the nodes) or tcp.",
-    )
-    device_names: str = Field("", max_length=1024, description=TransportConfig.model_fields["device_names"].description)
     rdma_resource_name: str = Field(
         "rdma/hca",
         min_length=1,
@@ -367,17 +354,6 @@ class TransportSpec(ConfigModel):
         description="Extended resource that grants RDMA devices to a pod (e.g. rdma/hca, rdma/ib); protocol rdma.",
     )
     rdma_resource_count: int = Field(1, ge=1, le=64, description="How many of rdmaResourceName each pod requests.")
-    global_segment_size: int = Field(
-        4096 * 1024 * 1024,
-        ge=16 * 1024 * 1024,
-        description=f"{TransportConfig.model_fields['global_segment_size'].description} (bytes)",
-    )
-    local_buffer_size: int = Field(
-        1024 * 1024 * 1024,
-        ge=16 * 1024 * 1024,
-        description=f"{TransportConfig.model_fields['local_buffer_size'].description} (bytes)",
-    )
-    key_ttl_seconds: float = Field(600.0, gt=0, description=TransportConfig.model_fields["key_ttl_seconds"].description)
     master_image: str | None = Field(
         None,
         min_length=1,

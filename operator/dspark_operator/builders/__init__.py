@@ -4,7 +4,7 @@ Nothing here talks to the API server; the reconciler applies what these function
 """
 
 from dspark_operator.builders.common import BuildContext, ChildNames, child_names
-from dspark_operator.builders.config import render_trainer_config
+from dspark_operator.builders.config import render_job_config
 from dspark_operator.builders.jobset import build_children, workload_replicas
 from dspark_operator.builders.regenerate_job import build_regenerate_job
 
@@ -14,6 +14,6 @@ __all__ = [
     "build_children",
     "build_regenerate_job",
     "child_names",
-    "render_trainer_config",
+    "render_job_config",
     "workload_replicas",
 ]

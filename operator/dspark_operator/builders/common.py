@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dspark_trainer.config import TransportProtocol
+from dspark_trainer.config.job import JOB_CONFIG_DIR, JOB_CONFIG_ENV, JOB_CONFIG_PATH, POD_IP_ENV
 
 from dspark_operator import __version__
 from dspark_operator.api.spec import DSparkTrainingJobSpec, ResourceRequirements
@@ -70,6 +71,7 @@ class BuildContext:
     trainer_image: str
     inference_image: str
     podmonitor_available: bool = False
+    rdma_available: bool = False  # whether the cluster's nodes advertise transport.rdmaResourceName
 
     @property
     def names(self) -> ChildNames:
@@ -77,9 +79,17 @@ class BuildContext:
         return child_names(self.name)
 
     @property
+    def protocol(self) -> TransportProtocol:
+        """The transport protocol of the job: the spec's, with auto decided by the nodes' RDMA resources."""
+        chosen = TransportProtocol(self.spec.transport.protocol)
+        if chosen != TransportProtocol.AUTO:
+            return chosen
+        return TransportProtocol.RDMA if self.rdma_available else TransportProtocol.TCP
+
+    @property
     def rdma(self) -> bool:
         """Whether the transport uses RDMA."""
-        return self.spec.transport.protocol == TransportProtocol.RDMA.value
+        return self.protocol == TransportProtocol.RDMA
 
     def svc_host(self, service: str) -> str:
         """Cluster DNS name of one of this job's Services."""
@@ -177,24 +187,21 @@ def security_context(*, rdma: bool) -> dict[str, Any]:
     return out
 
 
-def mooncake_env(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Mooncake client environment (the names `MooncakeConfig.load_from_env` reads)."""
-    tr = ctx.spec.transport
-    host = ctx.svc_host(ctx.names.mooncake)
-    from dspark_operator.constants import MOONCAKE_METADATA_PORT, MOONCAKE_RPC_PORT
-
-    env: list[dict[str, Any]] = [
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "MOONCAKE_MASTER", "value": f"{host}:{MOONCAKE_RPC_PORT}"},
-        {"name": "MOONCAKE_TE_META_DATA_SERVER", "value": f"http://{host}:{MOONCAKE_METADATA_PORT}/metadata"},
-        {"name": "MOONCAKE_PROTOCOL", "value": str(tr.protocol)},
-        {"name": "MOONCAKE_LOCAL_HOSTNAME", "value": "$(POD_IP)"},
-        {"name": "MOONCAKE_GLOBAL_SEGMENT_SIZE", "value": str(tr.global_segment_size)},
-        {"name": "MOONCAKE_LOCAL_BUFFER_SIZE", "value": str(tr.local_buffer_size)},
+def job_env(ctx: BuildContext) -> list[dict[str, Any]]:
+    """The contract's environment, the same in every pod: where the job config is, and the pod's IP (the
+    address its Mooncake client advertises)."""
+    return [
+        {"name": JOB_CONFIG_ENV, "value": JOB_CONFIG_PATH},
+        {"name": POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
-    if tr.device_names:
-        env.append({"name": "MOONCAKE_DEVICE", "value": tr.device_names})
-    return env
+
+
+def config_volume(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) of the job's ConfigMap at /etc/dspark, in every pod."""
+    return (
+        {"name": "config", "configMap": {"name": ctx.names.config}},
+        {"name": "config", "mountPath": JOB_CONFIG_DIR, "readOnly": True},
+    )
 
 
 def hf_token_env(ctx: BuildContext) -> list[dict[str, Any]]:

@@ -1,4 +1,9 @@
-"""The ConfigMap with the rendered TrainerConfig (read by trainer ranks and the capture plugin)."""
+"""The job's ConfigMap: the rendered job config, the one contract every pod of the job reads.
+
+Every pod mounts the ConfigMap at /etc/dspark and finds the file through $DSPARK_JOB_CONFIG; the
+trainer, the capture servers (SGLang plugin or reference server) and the Mooncake master each load
+it with `dspark_trainer.config.load_job_config`.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +14,47 @@ from dspark_trainer.config import (
     CaptureClientConfig,
     CheckpointConfig,
     DatasetConfig,
+    InferenceConfig,
+    JobConfig,
+    JobIdentity,
     MetricsConfig,
     TargetConfig,
-    TrainerConfig,
     TransportConfig,
+    TransportSettings,
 )
+from dspark_trainer.config.job import JOB_CONFIG_FILE
 
 from dspark_operator.api.spec import DSparkTrainingJobSpec
-from dspark_operator.builders.common import BuildContext, Manifest, child_names, metadata, with_hash
+from dspark_operator.builders.common import BuildContext, Manifest, metadata, with_hash
 from dspark_operator.builders.regenerate_job import dataset_path_for_training
 from dspark_operator.constants import (
     COMPONENT_CONFIG,
     MOONCAKE_METADATA_PORT,
+    MOONCAKE_METRICS_PORT,
     MOONCAKE_RPC_PORT,
-    TRAINER_CONFIG_FILE,
 )
 
 
-def render_trainer_config(spec: DSparkTrainingJobSpec, *, name: str, namespace: str) -> TrainerConfig:
-    """The TrainerConfig a job's trainer runs with (validated: raises pydantic.ValidationError)."""
-    names = child_names(name)
-    mooncake_host = f"{names.mooncake}.{namespace}.svc"
-    inference_url = f"http://{names.inference}.{namespace}.svc:{spec.inference.port}"
+def render_inference_config(spec: DSparkTrainingJobSpec) -> InferenceConfig:
+    """The job config's `inference` section: the spec's shared fields, the context length made explicit."""
+    inf = spec.inference
+    shared = inf.model_dump(include=set(InferenceConfig.model_fields))
+    if inf.context_length is None:
+        regen = spec.dataset.regenerate
+        extra = regen.max_tokens if regen is not None else 1
+        shared["context_length"] = spec.dataset.max_length + extra
+    return InferenceConfig.model_validate(shared)
+
+
+def render_job_config(ctx: BuildContext) -> JobConfig:
+    """The JobConfig every pod of the job reads (validated: raises pydantic.ValidationError)."""
+    spec, names = ctx.spec, ctx.names
+    mooncake_host = ctx.svc_host(names.mooncake)
+    inference_url = f"http://{ctx.svc_host(names.inference)}:{spec.inference.port}"
     out = spec.trainer.output
-    ckpt = spec.trainer.checkpoint
-    return TrainerConfig(
+    transport = spec.transport.model_dump(include=set(TransportSettings.model_fields))
+    return JobConfig(
+        job=JobIdentity(name=ctx.name, namespace=ctx.namespace, uid=ctx.uid),
         target=TargetConfig(model=spec.target.model, revision=spec.target.revision, dtype=spec.target.dtype),
         draft=spec.draft,
         # With dataset.regenerate the trainer reads the regenerated output (written by the regeneration Job).
@@ -43,29 +64,19 @@ def render_trainer_config(spec: DSparkTrainingJobSpec, *, name: str, namespace: 
         optimizer=spec.trainer.optimizer,
         schedule=spec.trainer.schedule,
         checkpoint=CheckpointConfig(
-            dir=posixpath.join(out.mount_path, out.checkpoint_dir),
-            interval_steps=ckpt.interval_steps,
-            keep_last=ckpt.keep_last,
+            dir=posixpath.join(out.mount_path, out.checkpoint_dir), **spec.trainer.checkpoint.model_dump()
         ),
         eval=spec.trainer.eval,
-        capture=CaptureClientConfig(
-            endpoints=[inference_url],
-            window=spec.trainer.capture.window,
-            request_timeout_seconds=spec.trainer.capture.request_timeout_seconds,
-            max_retries=spec.trainer.capture.max_retries,
-        ),
+        inference=render_inference_config(spec),
+        capture=CaptureClientConfig(endpoints=[inference_url], **spec.trainer.capture.model_dump()),
         transport=TransportConfig(
-            protocol=spec.transport.protocol,
+            **{**transport, "protocol": ctx.protocol},
             master_address=f"{mooncake_host}:{MOONCAKE_RPC_PORT}",
             metadata_server=f"http://{mooncake_host}:{MOONCAKE_METADATA_PORT}/metadata",
-            local_hostname=None,
-            device_names=spec.transport.device_names,
-            global_segment_size=spec.transport.global_segment_size,
-            local_buffer_size=spec.transport.local_buffer_size,
-            key_ttl_seconds=spec.transport.key_ttl_seconds,
+            master_metrics_port=MOONCAKE_METRICS_PORT,
         ),
         metrics=MetricsConfig(enabled=spec.metrics.enabled, port=spec.metrics.port),
-        output_dir=posixpath.join(out.mount_path, out.draft_dir),
+        output_dir=draft_output_path(spec),
     )
 
 
@@ -74,16 +85,19 @@ def draft_output_path(spec: DSparkTrainingJobSpec) -> str:
     return posixpath.join(spec.trainer.output.mount_path, spec.trainer.output.draft_dir)
 
 
-def build_config_map(ctx: BuildContext) -> Manifest:
-    """ConfigMap `<job>-config` with trainer.yaml."""
-    config = render_trainer_config(ctx.spec, name=ctx.name, namespace=ctx.namespace)
+def job_config_text(config: JobConfig) -> str:
+    """The YAML of a rendered job config, as the ConfigMap carries it."""
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available (much faster)
-    text = yaml.dump(config.to_wire(), Dumper=dumper, sort_keys=False)
+    return str(yaml.dump(config.to_wire(), Dumper=dumper, sort_keys=False))
+
+
+def build_config_map(ctx: BuildContext) -> Manifest:
+    """ConfigMap `<job>-config` with job.yaml."""
     return with_hash(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": metadata(ctx, ctx.names.config, COMPONENT_CONFIG),
-            "data": {TRAINER_CONFIG_FILE: text},
+            "data": {JOB_CONFIG_FILE: job_config_text(render_job_config(ctx))},
         }
     )

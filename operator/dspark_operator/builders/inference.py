@@ -1,82 +1,61 @@
-"""SGLang inference servers with the dspark hidden-state capture plugin: Deployment + Service."""
+"""The capture servers (SGLang with the dspark plugin, or the reference engine): Deployment + Service."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from dspark_trainer.config import InferenceEngine
+from dspark_trainer.config.job import JOB_CONFIG_PATH
+
 from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
+    config_volume,
     container_resources,
     hf_token_env,
+    job_env,
     metadata,
-    mooncake_env,
     pod_scheduling,
     security_context,
     selector_labels,
     with_hash,
     workload_labels,
 )
-from dspark_operator.constants import (
-    COMPONENT_INFERENCE,
-    CONFIG_MOUNT,
-    ENV_JOB_NAME,
-    ENV_JOB_NAMESPACE,
-    MODELS_MOUNT,
-    TRAINER_CONFIG_FILE,
-)
+from dspark_operator.constants import COMPONENT_INFERENCE, MODELS_MOUNT
 
-CAPTURE_PLUGIN = "dspark_capture"
+CAPTURE_COMMAND = ["dspark", "capture-server"]
 
 
-def sglang_args(ctx: BuildContext) -> list[str]:
-    """Arguments of `python3 -m sglang.launch_server`."""
+def inference_gpus(ctx: BuildContext) -> int:
+    """GPUs per capture server: the spec's, else tensorParallelSize for SGLang and none for the reference engine."""
     inf = ctx.spec.inference
-    target = ctx.spec.target
-    args = ["--model-path", target.model]
-    if target.revision:
-        args += ["--revision", target.revision]
-    args += [
-        "--dtype",
-        target.dtype,
-        "--tp-size",
-        str(inf.tensor_parallel_size),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(inf.port),
-        # Hidden-state capture needs whole-sequence prefills and no prefix reuse.
-        "--chunked-prefill-size",
-        "-1",
-        "--disable-radix-cache",
-        "--enable-metrics",
-    ]
-    if inf.mem_fraction_static is not None:
-        args += ["--mem-fraction-static", str(inf.mem_fraction_static)]
-    args += list(inf.extra_args)
-    return args
+    if inf.gpus is not None:
+        return inf.gpus
+    return inf.tensor_parallel_size if inf.engine == InferenceEngine.SGLANG else 0
+
+
+def inference_image(ctx: BuildContext) -> str:
+    """The capture servers' image: the spec's, else the operator's serving (SGLang) or trainer (reference) image."""
+    inf = ctx.spec.inference
+    if inf.image is not None:
+        return inf.image
+    return ctx.inference_image if inf.engine == InferenceEngine.SGLANG else ctx.trainer_image
 
 
 def build_inference_deployment(ctx: BuildContext, *, replicas: int | None = None) -> Manifest:
     """The SGLang Deployment (replicas from the spec, or 0 when the job is scaled down)."""
     inf = ctx.spec.inference
-    gpus = inf.gpus if inf.gpus is not None else inf.tensor_parallel_size
+    gpus = inference_gpus(ctx)
     env: list[dict[str, Any]] = [
-        {"name": "SGLANG_PLUGINS", "value": CAPTURE_PLUGIN},
-        {"name": "DSPARK_CONFIG", "value": f"{CONFIG_MOUNT}/{TRAINER_CONFIG_FILE}"},
-        {"name": ENV_JOB_NAME, "value": ctx.name},
-        {"name": ENV_JOB_NAMESPACE, "value": ctx.namespace},
-        *mooncake_env(ctx),
+        *job_env(ctx),
         *hf_token_env(ctx),
         *[{"name": e.name, "value": e.value} for e in inf.env],
     ]
-    volume_mounts: list[dict[str, Any]] = [
-        {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-    ]
+    config_vol, config_mount = config_volume(ctx)
+    volume_mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}, config_mount]
     volumes: list[dict[str, Any]] = [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": inf.shm_size}},
-        {"name": "config", "configMap": {"name": ctx.names.config}},
+        config_vol,
     ]
     if ctx.spec.target.model_claim_name:
         volume_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
@@ -87,10 +66,10 @@ def build_inference_deployment(ctx: BuildContext, *, replicas: int | None = None
             }
         )
     container: dict[str, Any] = {
-        "name": "sglang",
-        "image": ctx.inference_image if inf.image is None else inf.image,
-        "command": ["python3", "-m", "sglang.launch_server"],
-        "args": sglang_args(ctx),
+        "name": "capture",
+        "image": inference_image(ctx),
+        # The capture-server role reads the job config and starts inference.engine (SGLang or reference).
+        "command": [*CAPTURE_COMMAND, "--config", JOB_CONFIG_PATH],
         "env": env,
         "ports": [{"name": "http", "containerPort": inf.port, "protocol": "TCP"}],
         "resources": container_resources(ctx, inf.resources, gpus=gpus, rdma=ctx.rdma),

@@ -1,12 +1,16 @@
-"""Mooncake master: Deployment (1 replica) + Service (rpc, HTTP metadata, metrics)."""
+"""Mooncake master: Deployment (1 replica) + Service (rpc, HTTP metadata, metrics). The master runs
+`dspark mooncake-master`, which listens on the ports of the job config's transport section."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from dspark_trainer.config.job import JOB_CONFIG_ENV, JOB_CONFIG_PATH
+
 from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
+    config_volume,
     metadata,
     pod_scheduling,
     selector_labels,
@@ -24,6 +28,7 @@ from dspark_operator.constants import (
 def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manifest:
     """The Mooncake master Deployment (replicas 1, or 0 when the job is scaled down)."""
     image = ctx.spec.transport.master_image or ctx.trainer_image
+    config_vol, config_mount = config_volume(ctx)
     res = ctx.spec.transport.master_resources
     resources: dict[str, Any] = {}
     if res.requests:
@@ -33,15 +38,10 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
     container: dict[str, Any] = {
         "name": "mooncake-master",
         "image": image,
-        "command": ["mooncake_master"],
-        "args": [
-            f"--rpc_port={MOONCAKE_RPC_PORT}",
-            "--enable_http_metadata_server=true",
-            "--http_metadata_server_host=0.0.0.0",
-            f"--http_metadata_server_port={MOONCAKE_METADATA_PORT}",
-            "--enable_metric_reporting=true",
-            f"--metrics_port={MOONCAKE_METRICS_PORT}",
-        ],
+        # The master role reads its ports from the job config (the addresses its clients are given).
+        "command": ["dspark", "mooncake-master", "--config", JOB_CONFIG_PATH],
+        "env": [{"name": JOB_CONFIG_ENV, "value": JOB_CONFIG_PATH}],
+        "volumeMounts": [config_mount],
         "ports": [
             {"name": "rpc", "containerPort": MOONCAKE_RPC_PORT, "protocol": "TCP"},
             {"name": "http-metadata", "containerPort": MOONCAKE_METADATA_PORT, "protocol": "TCP"},
@@ -67,6 +67,7 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
                     "metadata": {"labels": pod_labels},
                     "spec": {
                         "containers": [container],
+                        "volumes": [config_vol],
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
                         **pod_scheduling(ctx),

@@ -11,13 +11,16 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from dspark_trainer.config.job import JOB_CONFIG_PATH, POD_INDEX_ENV, POD_NAME_ENV
+
 from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
+    config_volume,
     container_resources,
     hf_token_env,
+    job_env,
     metadata,
-    mooncake_env,
     pod_scheduling,
     security_context,
     selector_labels,
@@ -26,16 +29,9 @@ from dspark_operator.builders.common import (
 )
 from dspark_operator.constants import (
     COMPONENT_TRAINER,
-    CONFIG_MOUNT,
     DATA_MOUNT,
-    ENV_JOB_NAME,
-    ENV_JOB_NAMESPACE,
-    ENV_JOB_UID,
-    ENV_POD_INDEX,
-    ENV_POD_NAME,
     LABEL_POD_INDEX,
     MODELS_MOUNT,
-    TRAINER_CONFIG_FILE,
     TRAINER_RDZV_PORT,
 )
 
@@ -64,7 +60,7 @@ def torchrun_args(ctx: BuildContext) -> list[str]:
         TRAINER_MODULE,
         "train",
         "--config",
-        f"{CONFIG_MOUNT}/{TRAINER_CONFIG_FILE}",
+        JOB_CONFIG_PATH,
     ]
 
 
@@ -84,8 +80,8 @@ def trainer_script(ctx: BuildContext) -> str:
             'child=""',
             'term=""',
             'trap \'term=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null\' TERM INT',
-            f'rank="${{{ENV_POD_INDEX}:-}}"',
-            f'[ -n "$rank" ] || rank="${{{ENV_POD_NAME}##*-}}"',
+            f'rank="${{{POD_INDEX_ENV}:-}}"',
+            f'[ -n "$rank" ] || rank="${{{POD_NAME_ENV}##*-}}"',
             f'{head} --node-rank "$rank" {tail} &',
             "child=$!",
             # A SIGTERM that arrived before the child's pid was known is passed on now.
@@ -105,13 +101,9 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
     """The trainer StatefulSet (replicas = nodes, or 0 when the job is scaled down)."""
     tr = ctx.spec.trainer
     env: list[dict[str, Any]] = [
-        {"name": ENV_JOB_NAME, "value": ctx.name},
-        {"name": ENV_JOB_NAMESPACE, "value": ctx.namespace},
-        {"name": ENV_JOB_UID, "value": ctx.uid},
-        {"name": ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": ENV_POD_INDEX, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{LABEL_POD_INDEX}']"}}},
-        {"name": "DSPARK_CONFIG", "value": f"{CONFIG_MOUNT}/{TRAINER_CONFIG_FILE}"},
-        *mooncake_env(ctx),
+        *job_env(ctx),
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": POD_INDEX_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{LABEL_POD_INDEX}']"}}},
         *hf_token_env(ctx),
     ]
     if ctx.rdma and ctx.spec.transport.device_names:
@@ -119,13 +111,14 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
     env += [{"name": e.name, "value": e.value} for e in tr.env]
 
     out = tr.output
+    config_vol, config_mount = config_volume(ctx)
     volume_mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        config_mount,
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "output", "mountPath": out.mount_path},
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": ctx.names.config}},
+        config_vol,
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         (
             {"name": "output", "persistentVolumeClaim": {"claimName": out.claim_name}}

@@ -10,13 +10,12 @@ How SGLang loads it: this package declares the entry point ``dspark_capture`` in
 ``sglang.srt.plugins``; SGLang's ``load_plugins()`` calls `register()` in every process when
 ``SGLANG_PLUGINS`` allows it (``SGLANG_PLUGINS=dspark_capture``), then applies the hooks.
 
-What SGLang must be started with (capture-only mode of 0.5.23; no draft is loaded)::
-
-    SGLANG_PLUGINS=dspark_capture DSPARK_CAPTURE_TRANSPORT=/etc/dspark/transport.yaml \\
-    python -m sglang.launch_server --model-path TARGET \\
-        --enable-return-aux-hidden-states --speculative-algorithm DSPARK \\
-        --return-aux-hidden-state-layer-ids 1 9 17 25 33 \\
-        --chunked-prefill-size -1 --disable-radix-cache
+How it is started: ``dspark capture-server --config /etc/dspark/job.yaml`` with ``inference.engine:
+sglang`` execs ``python3 -m sglang.launch_server`` with the capture flags of
+``dspark_trainer.capture.sglang_args`` (capture-only mode of 0.5.23: ``--enable-return-aux-hidden-states
+--speculative-algorithm DSPARK --return-aux-hidden-state-layer-ids ...``, no draft loaded,
+``--chunked-prefill-size -1 --disable-radix-cache``), ``SGLANG_PLUGINS=dspark_capture`` and
+``DSPARK_JOB_CONFIG`` naming the job config, whose ``transport`` section this plugin reads.
 
 With those flags SGLang's logits processor already keeps, for every prefill token, the packed
 aux hidden states (``LogitsProcessorOutput.hidden_states``, [T, L*H], layers in ascending order)
@@ -35,7 +34,7 @@ and the final hidden state after the final norm (``LogitsProcessorOutput.last_hi
    ``meta_info["dspark_capture"]``. Other requests are untouched.
 
 The HTTP contract is a thin adapter over SGLang's ``/generate`` (the capture client speaks it
-when ``capture.serverApi: sglang``)::
+when the job's ``inference.engine`` is ``sglang``)::
 
     POST /generate {"input_ids": [...], "rid": "dspark/<minute>/<request_id>/<nonce>",
                     "sampling_params": {"max_new_tokens": 1, "temperature": 0},
@@ -48,7 +47,6 @@ Only the attention-TP rank 0 scheduler of each data-parallel group writes. Embed
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -151,24 +149,12 @@ def hooked_targets() -> list[SGLangTarget]:
 
 # --------------------------------------------------------------------------- configuration
 def load_transport_config() -> Any | None:
-    """TransportConfig from $DSPARK_CAPTURE_TRANSPORT (a YAML/JSON file or inline JSON), with
-    $DSPARK_MOONCAKE_MASTER overriding the master address; None when neither is set."""
-    from dspark_trainer.config.training import read_config_mapping
-    from dspark_trainer.config.transport import TransportConfig
+    """The transport section of the job config named by $DSPARK_JOB_CONFIG; None when it is not set."""
+    from dspark_trainer.config.job import JOB_CONFIG_ENV, load_job_config
 
-    raw = os.environ.get("DSPARK_CAPTURE_TRANSPORT", "").strip()
-    master = os.environ.get("DSPARK_MOONCAKE_MASTER", "").strip()
-    if not raw and not master:
+    if not os.environ.get(JOB_CONFIG_ENV, "").strip():
         return None
-    data: dict[str, Any] = {}
-    if raw.startswith("{"):
-        data = json.loads(raw)
-    elif raw:
-        loaded = read_config_mapping(raw)
-        data = dict(loaded.get("transport", loaded))
-    if master:
-        data["master_address"] = master
-    return TransportConfig.model_validate(data)
+    return load_job_config().transport
 
 
 # --------------------------------------------------------------------------- the writer
@@ -196,8 +182,8 @@ class _Capture:
                 if self._config is None:
                     self._config = load_transport_config()
                 if self._config is None:
-                    raise RuntimeError("the dspark capture plugin has no Mooncake configuration "
-                                       "(set DSPARK_CAPTURE_TRANSPORT or DSPARK_MOONCAKE_MASTER)")
+                    raise RuntimeError("the dspark capture plugin has no Mooncake configuration: set "
+                                       "DSPARK_JOB_CONFIG to the job config (dspark capture-server does)")
                 transport = MooncakeTransport(self._config, name="sglang-capture").connect()
                 if self._metrics is None:
                     try:

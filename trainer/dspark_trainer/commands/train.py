@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         default=None,
-        help="trainer config (YAML or JSON, camelCase or snake_case keys); default: $DSPARK_CONFIG",
+        help="job config (YAML or JSON, camelCase or snake_case keys); default: $DSPARK_JOB_CONFIG",
     )
     parser.add_argument(
         "--exit-on-complete",
@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dspark_trainer.config.training import ConfigError, TrainerConfig
+    from dspark_trainer.config.job import load_job_config
+    from dspark_trainer.config.training import ConfigError
 
     if args.local is not None:
         from dspark_trainer.local.pipeline import LocalOptions, run_local
@@ -65,12 +66,8 @@ def run(args: argparse.Namespace) -> int:
             capture_devices=None if args.capture_devices is None else parse_capture_devices(args.capture_devices),
         )
         return run_local(options)
-    path = args.config or os.environ.get("DSPARK_CONFIG")
-    if not path:
-        print("dspark train: give --config FILE (or --local for the embedded pipeline)", file=sys.stderr)
-        return 2
     try:
-        config = TrainerConfig.from_file(path)
+        config = load_job_config(args.config)
     except ConfigError as exc:
         print(f"dspark train: {exc}", file=sys.stderr)
         return 2

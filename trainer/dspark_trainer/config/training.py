@@ -1,4 +1,4 @@
-"""The trainer configuration: what `dspark train --config FILE` reads and the operator renders.
+"""The sections of the job config (``dspark_trainer.config.job.JobConfig``) and config-file helpers.
 
 Values starting with ``builtin:`` name things shipped with the package: the dataset
 ``builtin:demo-conversations`` (a small bundled conversation set) and, for
@@ -15,8 +15,6 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from dspark_trainer.config.base import ConfigModel
-from dspark_trainer.config.draft import DraftOptions
-from dspark_trainer.config.transport import TransportConfig
 
 
 class TargetConfig(ConfigModel):
@@ -96,12 +94,17 @@ class ScheduleConfig(ConfigModel):
     seed: int = Field(0, description="Seed for data order, anchor sampling and initialisation.")
 
 
-class CheckpointConfig(ConfigModel):
+class CheckpointSettings(ConfigModel):
+    """How often the trainer checkpoints and how many checkpoints it keeps."""
+
+    interval_steps: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and on SIGTERM).")
+    keep_last: int = Field(3, ge=1, le=1000, description="How many complete checkpoints to keep.")
+
+
+class CheckpointConfig(CheckpointSettings):
     """Distributed checkpoints for resume."""
 
     dir: str = Field("/output/checkpoints", description="Directory for distributed checkpoints.")
-    interval_steps: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and on SIGTERM).")
-    keep_last: int = Field(3, ge=1, description="How many complete checkpoints to keep.")
 
 
 class EvalConfig(ConfigModel):
@@ -111,27 +114,26 @@ class EvalConfig(ConfigModel):
     max_samples: int = Field(64, ge=1, description="Held-out samples per evaluation.")
 
 
-class CaptureClientConfig(ConfigModel):
-    """How trainer ranks ask capture servers for hidden states."""
+class CaptureSettings(ConfigModel):
+    """How trainer ranks ask the capture servers for hidden states (the user-facing knobs)."""
+
+    window: int = Field(4, ge=1, le=256, description="Requests in flight per rank (back-pressure).")
+    request_timeout_seconds: float = Field(120.0, gt=0, description="Timeout of one capture request.")
+    max_retries: int = Field(20, ge=0, description="Retries of one sample before the run fails.")
+
+
+class CaptureClientConfig(CaptureSettings):
+    """How trainer ranks ask capture servers for hidden states. The HTTP contract of the endpoints follows
+    the job's inference engine (``JobConfig.capture_server_api``)."""
 
     endpoints: list[str] = Field(
         default_factory=list, description="Base URLs of the capture servers (SGLang or reference)."
     )
-    window: int = Field(4, ge=1, le=256, description="Requests in flight per rank (back-pressure).")
-    request_timeout_seconds: float = Field(120.0, gt=0, description="Timeout of one capture request.")
-    max_retries: int = Field(20, ge=0, description="Retries of one sample before the run fails.")
     mode: Literal["remote", "inline"] = Field(
         "remote",
         description=(
             "remote: ask the capture servers in `endpoints` (through Mooncake). inline: every rank runs the "
             "target itself (small targets and tests only; no capture server, no Mooncake)."
-        ),
-    )
-    server_api: Literal["dspark", "sglang"] = Field(
-        "dspark",
-        description=(
-            "HTTP contract of the endpoints: dspark (POST /capture: the reference server) or sglang (POST "
-            "/generate on SGLang with the dspark_capture plugin)."
         ),
     )
     retry_initial_seconds: float = Field(0.2, gt=0, description="First back-off before retrying a sample.")
@@ -185,46 +187,6 @@ class RuntimeConfig(ConfigModel):
             "6 bytes per trainable parameter more per rank, e.g. 6.8 GB at the Qwen3-8B draft shape)."
         ),
     )
-
-
-class TrainerConfig(ConfigModel):
-    """Everything one training run needs; the operator renders this into the job's ConfigMap."""
-
-    target: TargetConfig
-    draft: DraftOptions = Field(default_factory=DraftOptions)
-    dataset: DatasetConfig
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    capture: CaptureClientConfig = Field(default_factory=CaptureClientConfig)
-    transport: TransportConfig = Field(default_factory=TransportConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    output_dir: str = Field("/output/draft", description="Where the exported draft checkpoint is written.")
-
-    @model_validator(mode="after")
-    def _check_run(self) -> TrainerConfig:
-        sched = self.schedule
-        if sched.global_batch_size % sched.micro_batch_size:
-            raise ValueError(
-                f"schedule.globalBatchSize ({sched.global_batch_size}) must be a multiple of "
-                f"schedule.microBatchSize ({sched.micro_batch_size})"
-            )
-        return self
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> TrainerConfig:
-        """Read a YAML or JSON config file; raises ConfigError naming the offending field."""
-        return cls.from_mapping(read_config_mapping(path), source=str(path))
-
-    @classmethod
-    def from_mapping(cls, data: object, source: str = "config") -> TrainerConfig:
-        """Validate a parsed config; raises ConfigError naming the offending field."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, source)) from None
 
 
 class ConfigError(ValueError):

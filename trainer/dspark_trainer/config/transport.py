@@ -1,29 +1,78 @@
-"""Mooncake transport settings shared by capture servers and trainer ranks."""
+"""Mooncake transport settings shared by capture servers, trainer ranks and the Mooncake master."""
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
 from dspark_trainer.config.base import ConfigModel
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+INFINIBAND_SYSFS = Path("/sys/class/infiniband")
 
 
 class TransportProtocol(StrEnum):
     """Mooncake transfer protocol: RDMA on GPU clusters, TCP as the fallback (and in tests)."""
 
+    AUTO = "auto"
     RDMA = "rdma"
     TCP = "tcp"
 
 
-class TransportConfig(ConfigModel):
-    """How capture servers and trainers reach the Mooncake master and each other."""
+def local_rdma_devices(sysfs: Path = INFINIBAND_SYSFS) -> list[str]:
+    """RDMA devices this machine has (names under /sys/class/infiniband), sorted; [] when none."""
+    try:
+        return sorted(p.name for p in sysfs.iterdir())
+    except OSError:
+        return []
 
-    protocol: TransportProtocol = Field(TransportProtocol.TCP, description="Mooncake protocol: rdma or tcp.")
+
+class TransportSettings(ConfigModel):
+    """The transport options a user chooses (the CRD's spec.transport reuses them)."""
+
+    protocol: TransportProtocol = Field(
+        TransportProtocol.AUTO,
+        description=(
+            "Mooncake protocol: rdma, tcp, or auto (rdma when RDMA devices are there, else tcp; the operator "
+            "decides once per job from the nodes' RDMA resources and renders the choice)."
+        ),
+    )
+    device_names: str = Field(
+        "",
+        max_length=1024,
+        description="Comma-separated RDMA device names (e.g. mlx5_0,mlx5_1); empty lets Mooncake choose.",
+    )
+    global_segment_size: int = Field(
+        4 * GIB,
+        ge=16 * MIB,
+        description="Bytes each capture server contributes to the distributed store (trainer ranks contribute none).",
+    )
+    local_buffer_size: int = Field(
+        1 * GIB, ge=16 * MIB, description="Bytes of registered local buffer each process uses for transfers."
+    )
+    key_ttl_seconds: float = Field(
+        600.0, gt=0, description="A record nobody fetches is deleted after this many seconds."
+    )
+
+    def resolved_protocol(self) -> TransportProtocol:
+        """`protocol`, with auto decided by this machine's RDMA devices (a process outside the operator)."""
+        if self.protocol != TransportProtocol.AUTO:
+            return TransportProtocol(self.protocol)
+        return TransportProtocol.RDMA if local_rdma_devices() else TransportProtocol.TCP
+
+
+class TransportConfig(TransportSettings):
+    """How capture servers and trainers reach the Mooncake master and each other, and where the master listens."""
+
     master_address: str = Field(
-        "127.0.0.1:50051", description="Mooncake master RPC address, host:port."
+        "127.0.0.1:50051",
+        pattern=r"^[^:\s]+:[0-9]{1,5}$",
+        description="Mooncake master RPC address, host:port (the master listens on its port).",
     )
     metadata_server: str = Field(
         "P2PHANDSHAKE",
@@ -31,18 +80,6 @@ class TransportConfig(ConfigModel):
     )
     local_hostname: str | None = Field(
         None, description="Address this process advertises to peers. Default: the pod IP / 127.0.0.1."
-    )
-    device_names: str = Field(
-        "", description="Comma-separated RDMA device names (e.g. mlx5_0,mlx5_1); empty lets Mooncake choose."
-    )
-    global_segment_size: int = Field(
-        1024 * MIB, ge=16 * MIB, description="Bytes this process contributes to the distributed store."
-    )
-    local_buffer_size: int = Field(
-        512 * MIB, ge=16 * MIB, description="Bytes of registered local buffer used for transfers."
-    )
-    key_ttl_seconds: float = Field(
-        600.0, gt=0, description="A record nobody fetches is deleted after this many seconds."
     )
     replica_num: int = Field(1, ge=1, le=8, description="Replicas Mooncake keeps of each record.")
     hard_pin: bool = Field(
@@ -73,3 +110,23 @@ class TransportConfig(ConfigModel):
     pin_memory: bool = Field(
         True, description="Use pinned (page-locked) host buffers for transfers when CUDA is available."
     )
+    master_metrics_port: int = Field(
+        9003, ge=1, le=65535, description="Port of the Mooncake master's Prometheus metrics."
+    )
+
+    @property
+    def master_rpc_port(self) -> int:
+        """The master's RPC port: the port of masterAddress (clients and the master read the same field)."""
+        _host, _, port = self.master_address.rpartition(":")
+        return int(port)
+
+    @property
+    def master_metadata_port(self) -> int | None:
+        """The master's HTTP metadata port when metadataServer is its http://host:port/metadata URL, else None."""
+        if not self.metadata_server.startswith(("http://", "https://")):
+            return None
+        return urlsplit(self.metadata_server).port
+
+    def local_address(self) -> str:
+        """The address this process advertises: localHostname, else the pod IP ($DSPARK_POD_IP), else 127.0.0.1."""
+        return self.local_hostname or os.environ.get("DSPARK_POD_IP", "").strip() or "127.0.0.1"

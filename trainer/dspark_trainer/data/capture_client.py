@@ -40,7 +40,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import torch
@@ -193,6 +193,7 @@ class CaptureClient:
         config: CaptureClientConfig,
         transport: TransportConfig | MooncakeTransport,
         *,
+        server_api: Literal["dspark", "sglang"] = "dspark",
         client_id: str | None = None,
         on_wait: Callable[[float], None] | None = None,
         on_fetch: Callable[[int, float], None] | None = None,
@@ -200,6 +201,7 @@ class CaptureClient:
         if not config.endpoints:
             raise CaptureError("capture.endpoints is empty: give the URLs of the capture servers")
         self.config = config
+        self.server_api = server_api
         self._own_transport = not isinstance(transport, MooncakeTransport)
         self.transport = (
             MooncakeTransport(transport, segment_size=0, name="capture-client")
@@ -485,7 +487,7 @@ class CaptureClient:
 
     async def _request(self, ep: _Endpoint, request_id: str, sample_id: str, input_ids: list[int]) -> RecordInfo:
         assert self._session is not None
-        if self.config.server_api == "sglang":
+        if self.server_api == "sglang":
             base = make_base_key(request_id)
             url = f"{ep.url}/generate"
             body: dict[str, Any] = {
@@ -522,7 +524,7 @@ class CaptureClient:
             raise CaptureError(f"sample {sample_id}: {url} refused the request ({status}): {message}")
         if not isinstance(data, dict):
             raise _Retry("bad_answer", f"{url} answered 200 with a body that is not a JSON object: {text[:200]}")
-        if self.config.server_api == "sglang":
+        if self.server_api == "sglang":
             return self._sglang_info(url, data)
         try:
             return RecordInfo.from_json(data)

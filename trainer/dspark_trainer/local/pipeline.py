@@ -3,9 +3,10 @@
 1. Create the tiny Qwen3 target (+ tokenizer with a chat template) under the work directory when the
    config asks for ``builtin:tiny-qwen3`` (once; later runs reuse it).
 2. Check the config (the same start-up checks as the trainer) before anything starts.
-3. Start a Mooncake master and the reference capture server (one per ``--capture-devices`` entry when
-   given: several servers feed the trainer together), then torchrun with ``--nproc`` workers; show a
-   progress bar fed by the trainer's ``/progress`` endpoint.
+3. Write the job config (``job.yaml``: loopback addresses, free ports) and start every role from it,
+   as the operator's pods do: the Mooncake master, the reference capture server (one per
+   ``--capture-devices`` entry when given: several servers feed the trainer together), then torchrun
+   with ``--nproc`` workers; show a progress bar fed by the trainer's ``/progress`` endpoint.
 4. Print where everything went. Every process started here is stopped on the way out, also on
    Ctrl-C or SIGTERM (the trainer first gets SIGTERM, so it writes a checkpoint; the next run resumes).
 """
@@ -25,7 +26,8 @@ from types import FrameType
 from typing import Any
 
 from dspark_trainer.assets import BUILTIN_PREFIX, LOCAL_DEMO_CONFIG
-from dspark_trainer.config.training import ConfigError, TrainerConfig, read_config_mapping
+from dspark_trainer.config.job import InferenceEngine, JobConfig
+from dspark_trainer.config.training import ConfigError, read_config_mapping
 from dspark_trainer.local import services
 from dspark_trainer.local.processes import ManagedProcess, ProcessSet
 from dspark_trainer.runtime.completion import read_marker
@@ -62,7 +64,7 @@ class Layout:
 
     @property
     def config(self) -> Path:
-        return self.root / "trainer.yaml"
+        return self.root / "job.yaml"
 
     @property
     def mooncake(self) -> Path:
@@ -80,10 +82,10 @@ def _resolve_under(root: Path, value: str | None) -> str | None:
     return str(p if p.is_absolute() else root / p)
 
 
-def local_config(raw: dict[str, Any], layout: Layout, options: LocalOptions) -> TrainerConfig:
+def local_config(raw: dict[str, Any], layout: Layout, options: LocalOptions) -> JobConfig:
     """The config as the local pipeline runs it (services filled in later by ``with_services``)."""
     data = json.loads(json.dumps(raw))  # a deep copy
-    cfg = TrainerConfig.from_mapping(data, source=options.config_path or "local demo config")
+    cfg = JobConfig.from_mapping(data, source=options.config_path or "local demo config")
     updates: dict[str, Any] = {}
     if cfg.target.model == TINY_TARGET:
         updates["target"] = cfg.target.model_copy(update={"model": str(layout.target)})
@@ -98,6 +100,8 @@ def local_config(raw: dict[str, Any], layout: Layout, options: LocalOptions) -> 
     if options.device:
         runtime_update["device"] = options.device
     updates["runtime"] = cfg.runtime.model_copy(update=runtime_update)
+    # The embedded pipeline serves the target with the reference engine (no SGLang here).
+    updates["inference"] = cfg.inference.model_copy(update={"engine": InferenceEngine.REFERENCE})
     services.plan_capture_servers(options.capture_devices, cfg)  # bad capture devices: fail before anything starts
     if cfg.capture.mode == "remote" and not cfg.capture.endpoints:
         # A placeholder so the start-up checks pass; replaced by the real server's URL.
@@ -105,14 +109,7 @@ def local_config(raw: dict[str, Any], layout: Layout, options: LocalOptions) -> 
     return cfg.model_copy(update=updates)
 
 
-def write_config(cfg: TrainerConfig, path: Path) -> None:
-    import yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_wire(), sort_keys=False))
-
-
-def reset_outputs(cfg: TrainerConfig) -> None:
+def reset_outputs(cfg: JobConfig) -> None:
     for value in (cfg.checkpoint.dir, cfg.output_dir, cfg.runtime.sample_log_dir):
         if value and Path(value).exists():
             shutil.rmtree(value)
@@ -187,7 +184,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(signal.Signals(signum).name)
 
 
-def summary(cfg: TrainerConfig, layout: Layout, last: dict[str, Any], seconds: float) -> None:
+def summary(cfg: JobConfig, layout: Layout, last: dict[str, Any], seconds: float) -> None:
     marker = read_marker(cfg.output_dir) or {}
     loss = marker.get("loss", last.get("loss"))
     tau = marker.get("tau", last.get("tau"))
@@ -202,7 +199,7 @@ def summary(cfg: TrainerConfig, layout: Layout, last: dict[str, Any], seconds: f
         ("draft (DSpark checkpoint)", cfg.output_dir),
         ("checkpoints", cfg.checkpoint.dir),
         ("target model", cfg.target.model),
-        ("trainer config", str(layout.config)),
+        ("job config", str(layout.config)),
         ("logs", str(layout.logs)),
     ]
     if cfg.runtime.sample_log_dir:
@@ -251,9 +248,7 @@ def run_local(options: LocalOptions) -> int:
     code = 1
     last: dict[str, Any] = {}
     try:
-        cfg = services.start_services(cfg, layout, plan.layer_ids, processes, say,
-                                      capture_devices=options.capture_devices)
-        write_config(cfg, layout.config)
+        cfg = services.start_services(cfg, layout, processes, say, capture_devices=options.capture_devices)
         say(f"starting torchrun with {options.nproc} workers (log: {layout.logs / 'trainer.log'})")
         trainer = processes.start(
             "trainer", services.torchrun_argv(layout.config, options.nproc), layout.logs / "trainer.log",

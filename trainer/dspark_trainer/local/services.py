@@ -1,6 +1,6 @@
-"""The services of the local pipeline, each a child process: the Mooncake master (issue 4's helper
-builds its command line), the reference capture server(s) (`dspark capture-server`, one per capture
-device), and torchrun."""
+"""The services of the local pipeline, each a child process started from the one job config
+(``layout.config``), as the operator's pods are: the Mooncake master (`dspark mooncake-master`), the
+reference capture server(s) (`dspark capture-server`, one per capture device), and torchrun."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dspark_trainer.config.training import ConfigError, TrainerConfig
-from dspark_trainer.config.transport import TransportConfig
+from dspark_trainer.config.job import JobConfig
+from dspark_trainer.config.training import ConfigError
 from dspark_trainer.local.processes import ManagedProcess, ProcessSet
 from dspark_trainer.util.net import free_port
 
@@ -114,7 +114,7 @@ class CaptureServerPlan:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def plan_capture_servers(devices: Sequence[str] | None, cfg: TrainerConfig) -> list[CaptureServerPlan]:
+def plan_capture_servers(devices: Sequence[str] | None, cfg: JobConfig) -> list[CaptureServerPlan]:
     """The capture servers of the local pipeline; raises ConfigError for bad devices (before anything starts).
 
     None: one server on the trainer's device (cuda:0 when ``runtime.device`` is cuda, else cpu), the
@@ -148,81 +148,98 @@ def plan_capture_servers(devices: Sequence[str] | None, cfg: TrainerConfig) -> l
 
 
 def start_services(
-    cfg: TrainerConfig,
+    cfg: JobConfig,
     layout: Layout,
-    layer_ids: list[int],
     processes: ProcessSet,
     say: Callable[[str], None],
     capture_devices: Sequence[str] | None = None,
-) -> TrainerConfig:
-    """Start what the config needs (in remote mode: Mooncake + one capture server per entry of
-    ``capture_devices``, or one on the trainer's device when None); returns the config with their
-    addresses (every capture server in ``capture.endpoints``) and a free metrics port filled in."""
+) -> JobConfig:
+    """Start what the config needs, each role from the job config written to ``layout.config`` (in remote
+    mode: the Mooncake master, then one reference capture server per entry of ``capture_devices``, or one on
+    the trainer's device when None). Returns the config as written: loopback addresses, free ports."""
     plans = plan_capture_servers(capture_devices, cfg)
-    updates: dict[str, object] = {"metrics": cfg.metrics.model_copy(update={"port": free_port()})}
+    cfg = with_local_addresses(cfg, len(plans) if cfg.capture.mode == "remote" else 0)
+    write_config(cfg, layout.config)
     if cfg.capture.mode == "remote":
-        transport = start_mooncake(cfg, layout, processes, say)
-        cfg = cfg.model_copy(update={"transport": transport})
-        urls = start_capture_servers(cfg, layout, layer_ids, processes, say, plans)
-        updates["capture"] = cfg.capture.model_copy(update={"endpoints": urls})
-    return cfg.model_copy(update=updates)
+        start_mooncake(cfg, layout, processes, say)
+        start_capture_servers(cfg, layout, processes, say, plans)
+    return cfg
 
 
-def start_mooncake(
-    cfg: TrainerConfig, layout: Layout, processes: ProcessSet, say: Callable[[str], None]
-) -> TransportConfig:
-    """A real mooncake_master on free loopback ports (issue 4's helper); returns the transport config."""
-    from dspark_trainer.testing.mooncake import MooncakeMaster
-
-    master = MooncakeMaster(log_dir=layout.logs / "mooncake", ready_timeout=60.0)
-    say(f"starting the Mooncake master on {master.address}")
-    processes.on_stop("mooncake-master", master.stop)
-    try:
-        master.start()
-    except (RuntimeError, FileNotFoundError) as exc:
-        hint = ""
-        if "libibverbs" in str(exc) or "librdmacm" in str(exc) or "libnuma" in str(exc):
-            hint = "\nMooncake needs Debian's libibverbs1 librdmacm1 libnuma1: run `make system-deps`."
-        raise ServiceError(f"the Mooncake master did not start: {exc}{hint}") from None
-    return cfg.transport.model_copy(update={
-        "protocol": "tcp",
-        "master_address": master.address,
-        "metadata_server": "P2PHANDSHAKE",
-        "local_hostname": "127.0.0.1",
-    })
-
-
-def start_capture_servers(
-    cfg: TrainerConfig,
-    layout: Layout,
-    layer_ids: list[int],
-    processes: ProcessSet,
-    say: Callable[[str], None],
-    plans: Sequence[CaptureServerPlan] | None = None,
-) -> list[str]:
-    """The reference capture servers (`dspark capture-server`) for the target (``plans``; default: one on
-    the trainer's device), each on its own free port with its own log under ``layout.logs``; all are
-    started, then each is waited for (``/health``). Returns their URLs."""
-    import yaml
-
-    plans = list(plans) if plans is not None else plan_capture_servers(None, cfg)
-    transport_path = layout.root / "transport.yaml"
-    transport_path.write_text(yaml.safe_dump({"transport": cfg.transport.to_wire()}, sort_keys=False))
+def with_local_addresses(cfg: JobConfig, servers: int) -> JobConfig:
+    """The config with every address on 127.0.0.1 and free ports: the Mooncake master (RPC, health/metrics),
+    ``servers`` reference capture servers (``capture.endpoints``) and the trainer's metrics."""
     ports: list[int] = []
-    while len(ports) < len(plans):
+    while len(ports) < 3 + servers:
         port = free_port()
         if port not in ports:
             ports.append(port)
+    rpc, master_http, metrics, *server_ports = ports
+    transport = cfg.transport.model_copy(update={
+        "protocol": cfg.transport.resolved_protocol(),
+        "master_address": f"127.0.0.1:{rpc}",
+        "metadata_server": "P2PHANDSHAKE",
+        "local_hostname": "127.0.0.1",
+        "master_metrics_port": master_http,
+    })
+    updates: dict[str, object] = {
+        "transport": transport,
+        "metrics": cfg.metrics.model_copy(update={"port": metrics}),
+    }
+    if servers:
+        updates["capture"] = cfg.capture.model_copy(
+            update={"endpoints": [f"http://127.0.0.1:{p}" for p in server_ports]}
+        )
+    return cfg.model_copy(update=updates)
+
+
+def write_config(cfg: JobConfig, path: Path) -> None:
+    """Write the job config the local roles start from."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_wire(), sort_keys=False))
+
+
+def dspark_argv(*args: str) -> list[str]:
+    """`dspark ARGS...` with this interpreter's installation."""
+    return [str(Path(sys.executable).parent / "dspark"), *args]
+
+
+def start_mooncake(cfg: JobConfig, layout: Layout, processes: ProcessSet, say: Callable[[str], None]) -> None:
+    """The Mooncake master role (`dspark mooncake-master --config`), waited for on its health endpoint."""
+    say(f"starting the Mooncake master on {cfg.transport.master_address}")
+    proc = processes.start(
+        "mooncake-master",
+        dspark_argv("mooncake-master", "--config", str(layout.config), "--host", "127.0.0.1"),
+        layout.logs / "mooncake-master.log",
+        env=worker_env(),
+        cwd=layout.root,
+    )
+    try:
+        wait_until(http_ok(f"http://127.0.0.1:{cfg.transport.master_metrics_port}/health"), proc,
+                   "the Mooncake master", timeout=60)
+    except ServiceError as exc:
+        hint = ""
+        if any(lib in str(exc) for lib in ("libibverbs", "librdmacm", "libnuma")):
+            hint = "\nMooncake needs Debian's libibverbs1 librdmacm1 libnuma1: run `make system-deps`."
+        raise ServiceError(f"{exc}{hint}") from None
+
+
+def start_capture_servers(
+    cfg: JobConfig,
+    layout: Layout,
+    processes: ProcessSet,
+    say: Callable[[str], None],
+    plans: Sequence[CaptureServerPlan],
+) -> None:
+    """The reference capture servers (`dspark capture-server --config`), one per plan on the port of its
+    entry in ``capture.endpoints``, each with its own log; all are started, then each is waited for."""
     started: list[tuple[str, ManagedProcess, str]] = []
-    for i, (plan, port) in enumerate(zip(plans, ports, strict=True)):
-        argv = [
-            str(Path(sys.executable).parent / "dspark"), "capture-server",
-            "--model", cfg.target.model, "--layer-ids", *[str(lid) for lid in layer_ids], "--dtype", cfg.target.dtype,
-            "--device", plan.device,
-            "--max-seq-len", str(cfg.dataset.max_length),
-            "--host", "127.0.0.1", "--port", str(port), "--transport-config", str(transport_path),
-            "--log-level", "WARNING",
-        ]
+    for i, (plan, url) in enumerate(zip(plans, cfg.capture.endpoints, strict=True)):
+        port = url.rsplit(":", 1)[1]
+        argv = dspark_argv("capture-server", "--config", str(layout.config), "--host", "127.0.0.1",
+                           "--port", port, "--device", plan.device, "--log-level", "WARNING")
         if len(plans) > 1:
             what = f"the capture server {plan.name} ({plan.label})"
             say(f"starting reference capture server {i + 1}/{len(plans)} on 127.0.0.1:{port} ({plan.label})")
@@ -231,7 +248,6 @@ def start_capture_servers(
             say(f"starting the reference capture server on 127.0.0.1:{port} ({plan.label})")
         proc = processes.start(plan.name, argv, layout.logs / f"{plan.name}.log", env={**worker_env(), **plan.env},
                                cwd=layout.root)
-        started.append((f"http://127.0.0.1:{port}", proc, what))
+        started.append((url, proc, what))
     for url, proc, what in started:
         wait_until(http_ok(f"{url}/health"), proc, what, timeout=180)
-    return [url for url, _, _ in started]

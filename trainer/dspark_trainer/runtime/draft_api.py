@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from dspark_trainer.config.training import TrainerConfig
+from dspark_trainer.config.job import JobConfig
 from dspark_trainer.data.batching import MicroBatch
 
 
@@ -37,7 +37,7 @@ class DraftAPI(Protocol):
     """The model/loss operations of one training run."""
 
     def build_model(
-        self, config: TrainerConfig, target_dir: str, layer_ids: Sequence[int], device: torch.device
+        self, config: JobConfig, target_dir: str, layer_ids: Sequence[int], device: torch.device
     ) -> torch.nn.Module:
         """The draft in fp32 on ``device`` (initialised from the torch RNG, or from ``draft.initFrom``);
         frozen parameters (embedding, LM head) have requires_grad False."""
@@ -68,7 +68,7 @@ class DraftAPI(Protocol):
         """Metrics from statistics summed over every micro-batch of every rank."""
         ...
 
-    def export(self, full_state: Mapping[str, torch.Tensor], config: TrainerConfig, target_dir: str,
+    def export(self, full_state: Mapping[str, torch.Tensor], config: JobConfig, target_dir: str,
                layer_ids: Sequence[int], output_dir: Path) -> None:
         """Write the DSpark checkpoint (config.json + model.safetensors) from a full, unsharded state dict."""
         ...

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dspark_trainer.config.training import TrainerConfig
+from dspark_trainer.config.job import JobConfig
 from dspark_trainer.data.batching import MicroBatch
 from dspark_trainer.loss.dspark_loss import LossWeights
 from dspark_trainer.loss.metrics import summarize
@@ -46,7 +46,7 @@ class DSparkDraftAPI:
         self.alphas = LossWeights()
 
     def build_model(
-        self, config: TrainerConfig, target_dir: str, layer_ids: Sequence[int], device: torch.device
+        self, config: JobConfig, target_dir: str, layer_ids: Sequence[int], device: torch.device
     ) -> torch.nn.Module:
         cfg = resolve_model_config_from_dir(target_dir, config.draft, target_layer_ids=list(layer_ids))
         self.model_config = cfg
@@ -108,7 +108,7 @@ class DSparkDraftAPI:
             sim_acc_len=float(m.sim_acc_len), extra=extra,
         )
 
-    def export(self, full_state: Mapping[str, torch.Tensor], config: TrainerConfig, target_dir: str,
+    def export(self, full_state: Mapping[str, torch.Tensor], config: JobConfig, target_dir: str,
                layer_ids: Sequence[int], output_dir: Path) -> None:
         cfg = self.model_config
         assert cfg is not None, "build_model first"

@@ -10,7 +10,8 @@ import signal
 import sys
 from typing import Any
 
-from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.config.job import JobConfig
+from dspark_trainer.config.training import ConfigError
 from dspark_trainer.runtime.completion import read_marker
 from dspark_trainer.runtime.draft_api import DraftAPI
 from dspark_trainer.runtime.http_server import MetricsServer
@@ -44,7 +45,7 @@ def load_draft_api() -> DraftAPI:
     return DSparkDraftAPI()
 
 
-def make_source(config: TrainerConfig, layer_ids: list[int], device: Any, rank: int) -> HiddenStateSource:
+def make_source(config: JobConfig, layer_ids: list[int], device: Any, rank: int) -> HiddenStateSource:
     import torch
 
     need_last = config.draft.l1_alpha > 0 or config.draft.confidence_alpha > 0
@@ -65,7 +66,7 @@ def wait_until_stopped(stop: StopRequest) -> None:
         pass
 
 
-def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
+def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:
     """Run this rank; returns the process exit code. Config problems are found before any process
     group, model or server starts (exit code 2)."""
     import torch
@@ -88,7 +89,7 @@ def run(config: TrainerConfig, exit_on_complete: bool | None = None) -> int:
     server: MetricsServer | None = None
     status: StatusSink | None = None
     if rank == 0:
-        status = make_status_sink(config.metrics.status_interval_seconds)
+        status = make_status_sink(config.job, config.metrics.status_interval_seconds)
     try:
         marker = read_marker(config.output_dir)
         plan = None if marker is not None else plan_run(config, world_size)

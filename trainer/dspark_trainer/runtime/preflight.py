@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from dspark_trainer.assets import BUILTIN_PREFIX
-from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.config.job import JobConfig
+from dspark_trainer.config.training import ConfigError
 from dspark_trainer.data.records import ConversationRecord, DatasetError, load_dataset
 from dspark_trainer.data.sharding import samples_per_rank_per_step, shard_length, total_steps
 from dspark_trainer.data.split import split_records
 from dspark_trainer.data.tokenize import ChatTokenizer
+from dspark_trainer.targets import load_target_config, resolve_layer_ids, target_num_layers
 
 
 @dataclass
@@ -40,30 +41,7 @@ class RunPlan:
         return per_epoch / self.samples_per_rank
 
 
-def resolve_layer_ids(config: TrainerConfig, num_layers: int) -> list[int]:
-    """The configured ids checked against the target, or the default rule (``DraftOptions``)."""
-    try:
-        return config.draft.resolve_target_layer_ids(num_layers)
-    except ValueError as exc:
-        message = str(exc)
-        if not message.startswith("draft."):
-            message = f"draft.targetLayerIds: {message}"
-        raise ConfigError(message) from None
-
-
-def load_target_config(config: TrainerConfig) -> Any:
-    model = config.target.model
-    if model.startswith(BUILTIN_PREFIX):
-        raise ConfigError(f"target.model: {model} is only created by `dspark train --local`")
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(model, revision=config.target.revision)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"target.model: cannot read the config of {model}: {exc}") from None
-
-
-def load_chat_tokenizer(config: TrainerConfig) -> ChatTokenizer:
+def load_chat_tokenizer(config: JobConfig) -> ChatTokenizer:
     from transformers import AutoTokenizer
 
     try:
@@ -81,7 +59,7 @@ def load_chat_tokenizer(config: TrainerConfig) -> ChatTokenizer:
         raise ConfigError(str(exc)) from None
 
 
-def check_paths(config: TrainerConfig) -> None:
+def check_paths(config: JobConfig) -> None:
     for field, value in (("checkpoint.dir", config.checkpoint.dir), ("outputDir", config.output_dir)):
         parent = Path(value)
         while not parent.exists() and parent != parent.parent:
@@ -90,7 +68,7 @@ def check_paths(config: TrainerConfig) -> None:
             raise ConfigError(f"{field}: {value} is below a file, not a directory")
 
 
-def check_master_weights(config: TrainerConfig, cuda_available: bool) -> None:
+def check_master_weights(config: JobConfig, cuda_available: bool) -> None:
     """Split master weights need bf16 parameters."""
     if config.optimizer.master_weights != "split":
         return
@@ -104,7 +82,7 @@ def check_master_weights(config: TrainerConfig, cuda_available: bool) -> None:
     )
 
 
-def plan_run(config: TrainerConfig, world_size: int) -> RunPlan:
+def plan_run(config: JobConfig, world_size: int) -> RunPlan:
     """Every start-up check; raises ConfigError naming the field."""
     check_master_weights(config, torch.cuda.is_available())
     if config.capture.mode == "remote" and not config.capture.endpoints:
@@ -130,10 +108,7 @@ def plan_run(config: TrainerConfig, world_size: int) -> RunPlan:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     target_config = load_target_config(config)
-    num_layers = int(getattr(target_config, "num_hidden_layers", 0))
-    if num_layers < 2:
-        raise ConfigError(f"target.model: {config.target.model} has no usable num_hidden_layers ({num_layers})")
-    layer_ids = resolve_layer_ids(config, num_layers)
+    layer_ids = resolve_layer_ids(config, target_num_layers(config, target_config))
     chat_tokenizer = load_chat_tokenizer(config)
     n_effective = shard_length(len(train), world_size) * world_size
     steps = total_steps(n_effective, sched.global_batch_size, sched.num_epochs, sched.max_steps)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dspark_trainer.config.training import TrainerConfig
+from dspark_trainer.config.job import JobConfig
 from dspark_trainer.data.batching import CapturedSample
 from dspark_trainer.data.capture_client import CaptureClient
 from dspark_trainer.data.capture_client import CapturedSample as ClientSample
@@ -35,7 +35,7 @@ class RemoteSource:
     """One capture client per rank, shared by the training stream and the evaluations."""
 
     def __init__(
-        self, config: TrainerConfig, layer_ids: list[int], need_last_hidden: bool, rank: int,
+        self, config: JobConfig, layer_ids: list[int], need_last_hidden: bool, rank: int,
         device: torch.device | None = None,
     ) -> None:
         self.need_last_hidden = need_last_hidden
@@ -43,7 +43,7 @@ class RemoteSource:
         self.device = device if device is not None and device.type == "cuda" else None
         self.copy_stream: Any = torch.cuda.Stream(self.device) if self.device is not None else None
         self._pending: deque[tuple[Any, ClientSample]] = deque()
-        self.client = CaptureClient(config.capture, config.transport).start()
+        self.client = CaptureClient(config.capture, config.transport, server_api=config.capture_server_api).start()
 
     def iterate(self, samples: Iterable[TokenizedSample]) -> Iterator[CapturedSample]:
         for captured in self.client.stream(samples):

@@ -1,13 +1,15 @@
 """Bridge from the progress board to the job's ``status.progress`` (``dspark_trainer.status_reporter``).
 
-Only rank 0 reports, and only when running under the operator (``DSPARK_JOB_NAME`` and
-``DSPARK_JOB_NAMESPACE`` in the environment); the reporter throttles its patches to
-``metrics.statusIntervalSeconds`` and sends state changes at once."""
+Only rank 0 reports, and only when running under the operator (the job config names the job in
+``job:``); the reporter throttles its patches to ``metrics.statusIntervalSeconds`` and sends state
+changes at once."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from dspark_trainer.config.job import JobIdentity
 
 
 class StatusSink(Protocol):
@@ -26,8 +28,8 @@ class StatusSink(Protocol):
     def close(self) -> None: ...
 
 
-def make_status_sink(interval_seconds: float) -> StatusSink | None:
-    """The operator's status reporter when the job is named in the environment (rank 0), else None."""
+def make_status_sink(job: JobIdentity | None, interval_seconds: float) -> StatusSink | None:
+    """The operator's status reporter when the config names a job (rank 0), else None."""
     from dspark_trainer.status_reporter import StatusReporter
 
-    return StatusReporter.from_env(min_interval=interval_seconds)
+    return StatusReporter.for_job(job, min_interval=interval_seconds)

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.config.job import JobConfig
+from dspark_trainer.config.training import ConfigError
 from dspark_trainer.data.batching import CapturedSample, MicroBatch, collate
 from dspark_trainer.data.stream import RankStream, TokenizedSample, encode_record
 from dspark_trainer.runtime.checkpoint import CheckpointManager, ModelOptimizerState
@@ -46,7 +47,7 @@ class TrainingRun:
 
     def __init__(
         self,
-        config: TrainerConfig,
+        config: JobConfig,
         plan: RunPlan,
         ctx: DistContext,
         api: DraftAPI,

@@ -78,11 +78,6 @@ def import_store_module() -> Any:
     return store_module
 
 
-def default_local_hostname() -> str:
-    """The pod IP when Kubernetes provides one (POD_IP), else 127.0.0.1."""
-    return os.environ.get("DSPARK_LOCAL_HOSTNAME") or os.environ.get("POD_IP") or "127.0.0.1"
-
-
 @dataclass
 class FetchedRecord:
     """One record read into a pooled buffer. The tensors are views into `buffer`: valid until release()."""
@@ -142,7 +137,8 @@ class MooncakeTransport:
         self._module: Any = None
         self._lock = threading.Lock()
         self._put_pool: BufferPool | None = None
-        self.local_hostname = config.local_hostname or default_local_hostname()
+        self.local_hostname = config.local_address()
+        self.protocol = str(config.resolved_protocol())
         # Called as on_retry(reason, code) whenever an operation backs off and retries (metrics hook).
         self.on_retry: Callable[[str, int], None] | None = None
 
@@ -173,7 +169,7 @@ class MooncakeTransport:
                 cfg.metadata_server,
                 int(self.segment_size),
                 int(self.local_buffer_size),
-                str(cfg.protocol),
+                self.protocol,
                 cfg.device_names,
                 cfg.master_address,
             )
@@ -185,7 +181,7 @@ class MooncakeTransport:
             if not deadline.sleep(backoff.next_delay()):
                 raise StoreUnavailableError(
                     f"{self.name}: could not connect to the Mooncake master at {cfg.master_address} "
-                    f"(protocol {cfg.protocol}, metadata {cfg.metadata_server}): setup returned {code_name(last)}",
+                    f"(protocol {self.protocol}, metadata {cfg.metadata_server}): setup returned {code_name(last)}",
                     last,
                 )
         self._put_pool = BufferPool(
@@ -196,7 +192,7 @@ class MooncakeTransport:
             name=f"{self.name} staging",
         )
         log.info("%s: connected to Mooncake master %s as %s (%s, segment %d bytes)", self.name,
-                 cfg.master_address, self.local_hostname, cfg.protocol, self.segment_size)
+                 cfg.master_address, self.local_hostname, self.protocol, self.segment_size)
         return self
 
     def new_buffer_pool(self, max_buffers: int = 16, name: str = "read buffers") -> BufferPool:
