@@ -161,3 +161,46 @@ def check_target(src: Path, target: SGLangTarget) -> list[str]:
             return []
         return [f"{target.path}: attribute {member} not found on {cls_name} in {rel}"]
     return [f"{target.path}: unknown target kind {target.kind}"]
+
+
+# What `sglang.srt.server_args` imports beyond this project's environment (torch, transformers,
+# pydantic, ... come from it): installed without dependencies beside the unpacked wheel, pinned.
+SGLANG_PARSER_DEPS = (
+    "msgspec==0.23.0",
+    "orjson==3.13.0",
+    "psutil==7.2.2",
+    "pybase64==1.5.1",
+    "pillow==13.0.0",
+    "starlette==1.10.0",
+    "pyzmq==27.3.0",
+    "ipython==9.18.1",
+    "traitlets==5.16.1",
+)
+
+
+def sglang_parser_path(version: str) -> list[Path]:
+    """sys.path entries under which SGLang's own argument parser imports: the unpacked `sglang==version`
+    and, in ~/.cache/dspark-k8s/sglang-<version>/site, the few packages its server_args module needs
+    (installed once with `pip install --no-deps --target`, so SGLang's torch pin never touches this
+    environment)."""
+    src = sglang_source(version)
+    site = cache_dir() / f"sglang-{version}" / "site"
+    marker = site / ".complete"
+    if not marker.is_file() or marker.read_text() != "\n".join(SGLANG_PARSER_DEPS):
+        tmp = site.with_name("site.tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--only-binary", ":all:", "--target",
+             str(tmp), *SGLANG_PARSER_DEPS],
+            check=True, timeout=900,
+        )
+        if site.exists():
+            import shutil
+
+            shutil.rmtree(site)
+        tmp.rename(site)
+        marker.write_text("\n".join(SGLANG_PARSER_DEPS))
+    return [src, site]

@@ -99,8 +99,8 @@ def test_spec_sections_required_fields_defaults_enums_and_ranges(schema: dict[st
     props = spec["properties"]
     assert props["target"]["required"] == ["model"]
     assert props["draft"]["properties"]["blockSize"]["default"] == 7
-    assert props["transport"]["properties"]["protocol"]["enum"] == ["rdma", "tcp"]
-    assert props["transport"]["properties"]["protocol"]["default"] == "rdma"
+    assert props["transport"]["properties"]["protocol"]["enum"] == ["auto", "rdma", "tcp"]
+    assert props["transport"]["properties"]["protocol"]["default"] == "auto"
     assert props["trainer"]["properties"]["nodes"]["minimum"] == 1
     assert props["runPolicy"]["properties"]["backoffLimit"]["minimum"] == 0
     # Nested sections default to their fully defaulted object (so CEL rules see every field).
@@ -173,7 +173,7 @@ def test_committed_examples_validate() -> None:
 def test_minimal_spec_defaults() -> None:
     spec = DSparkTrainingJobSpec.model_validate(job_body()["spec"])
     assert spec.trainer.nodes == 1 and spec.trainer.gpus_per_node == 8
-    assert spec.inference.replicas == 1 and spec.transport.protocol == "rdma"
+    assert spec.inference.replicas == 1 and spec.transport.protocol == "auto"
     assert spec.run_policy.backoff_limit == 3 and spec.run_policy.suspend is False
     assert spec.draft.block_size == 7
 

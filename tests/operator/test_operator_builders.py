@@ -12,7 +12,9 @@ from dspark_operator.builders import build_children, child_names
 from dspark_operator.builders.common import spec_hash
 from dspark_operator.constants import ANNOTATION_SPEC_HASH
 from dspark_operator.reconcile import needs_apply
+from dspark_trainer.capture.sglang_args import sglang_server_args
 from dspark_trainer.config import JobConfig
+from dspark_trainer.transport.master import master_args
 from operator_helpers import UID, env_of, find, make_ctx
 
 PROD = {
@@ -21,7 +23,7 @@ PROD = {
     "inference": {
         "replicas": 4,
         "tensorParallelSize": 2,
-        "extraArgs": ["--mem-fraction-static", "0.8"],
+        "memFractionStatic": 0.8, "extraArgs": ["--max-running-requests", "64"],
         "resources": {"requests": {"cpu": "8", "memory": "64Gi"}},
     },
     "trainer": {
@@ -98,8 +100,13 @@ def test_mooncake_master() -> None:
     svc = find(children, "Service", "mooncake-master")
     assert dep["spec"]["replicas"] == 1
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert c["command"] == ["mooncake_master"]
-    assert "--rpc_port=50051" in c["args"] and "--enable_http_metadata_server=true" in c["args"]
+    assert c["command"] == ["dspark", "mooncake-master", "--config", "/etc/dspark/job.yaml"]
+    assert env_of(c) == {"DSPARK_JOB_CONFIG": "/etc/dspark/job.yaml"}
+    assert {"name": "config", "mountPath": "/etc/dspark", "readOnly": True} in c["volumeMounts"]
+    # The master listens where the job config tells its clients to connect.
+    config = JobConfig.from_mapping(yaml.safe_load(find(children, "ConfigMap")["data"]["job.yaml"]))
+    args = master_args(config.transport)
+    assert "--rpc_port=50051" in args and "--http_metadata_server_port=8080" in args and "--metrics_port=9003" in args
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"rpc": 50051, "http-metadata": 8080, "metrics": 9003}
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
         "rpc": 50051,
@@ -117,16 +124,23 @@ def test_sglang_deployment() -> None:
     assert dep["spec"]["replicas"] == 4
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    args = c["args"]
+    assert c["command"] == ["dspark", "capture-server", "--config", "/etc/dspark/job.yaml"]
+    assert "args" not in c
+    env = env_of(c)
+    assert env["DSPARK_JOB_CONFIG"] == "/etc/dspark/job.yaml"
+    assert env["DSPARK_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert not [k for k in env if k.startswith("MOONCAKE_") or k in ("DSPARK_CONFIG", "POD_IP")]
+    # What SGLang is started with: derived from the rendered config (the capture-server role's argv).
+    config = JobConfig.from_mapping(yaml.safe_load(find(children, "ConfigMap")["data"]["job.yaml"]))
+    assert config.inference.engine == "sglang" and config.capture_server_api == "sglang"
+    assert config.transport.protocol == "rdma" and config.transport.device_names == "mlx5_0"
+    args = sglang_server_args(config, [1, 9, 17])
     assert args[args.index("--model-path") + 1] == "/models/q"
     assert args[args.index("--tp-size") + 1] == "2"
     assert args[args.index("--chunked-prefill-size") + 1] == "-1"
+    assert args[args.index("--mem-fraction-static") + 1] == "0.8"
     assert "--disable-radix-cache" in args and "--enable-metrics" in args
-    assert args[-2:] == ["--mem-fraction-static", "0.8"]
-    env = env_of(c)
-    assert env["SGLANG_PLUGINS"] == "dspark_capture"
-    assert env["MOONCAKE_MASTER"] == "demo-mooncake.ns.svc:50051"
-    assert env["MOONCAKE_PROTOCOL"] == "rdma" and env["MOONCAKE_DEVICE"] == "mlx5_0"
+    assert args[-2:] == ["--max-running-requests", "64"]
     assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert c["startupProbe"]["httpGet"]["path"] == "/health_generate"
     assert c["readinessProbe"]["httpGet"]["path"] == "/health_generate"
@@ -168,9 +182,10 @@ def test_trainer_statefulset_and_headless_service() -> None:
     assert "torchrun --nnodes 2 --nproc-per-node 8" in script
     assert "--master-addr demo-trainer-0.demo-trainer.ns.svc --master-port 29500" in script
     assert '--node-rank "$rank"' in script
-    assert "-m dspark_trainer.cli train --config /etc/dspark/trainer.yaml" in script
+    assert "-m dspark_trainer.cli train --config /etc/dspark/job.yaml" in script
     env = env_of(c)
-    assert env["DSPARK_JOB_NAME"] == "demo" and env["DSPARK_JOB_NAMESPACE"] == "ns"
+    assert env["DSPARK_JOB_CONFIG"] == "/etc/dspark/job.yaml"
+    assert not [k for k in env if k.startswith("MOONCAKE_") or k in ("DSPARK_JOB_NAME", "DSPARK_JOB_NAMESPACE")]
     assert env["DSPARK_POD_INDEX"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
     assert env["NCCL_IB_HCA"] == "mlx5_0"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 8 and c["resources"]["limits"]["rdma/ib"] == 2

@@ -17,7 +17,7 @@ from dspark_operator import crdgen
 from dspark_operator.api.job import parse_spec
 from dspark_operator.api.spec import RegenerateSpec
 from dspark_operator.builders import build_children, build_regenerate_job
-from dspark_operator.builders.config import render_trainer_config
+from dspark_operator.builders.config import render_job_config
 from dspark_operator.builders.regenerate_job import (
     describe_summary,
     failure_from_pods,
@@ -101,13 +101,13 @@ def test_invalid_regenerate_specs_name_the_field(spec: dict[str, Any], field: st
 
 
 def test_trainer_reads_the_regenerated_dataset() -> None:
-    spec, invalid = parse_spec("demo", job_body(regen_spec(outputDir="regen/v1"))["spec"])
-    assert spec is not None, invalid
-    config = render_trainer_config(spec, name="demo", namespace="ns")
+    config = render_job_config(make_ctx(regen_spec(outputDir="regen/v1")))
     assert config.dataset.path == "/output/regen/v1"
-    plain, _ = parse_spec("demo", job_body()["spec"])
-    assert plain is not None
-    assert render_trainer_config(plain, name="demo", namespace="ns").dataset.path == "/data/train.jsonl"
+    # Generation needs prompt + response: the servers' context length makes room for regenerate.maxTokens.
+    assert config.inference.context_length == config.dataset.max_length + 2048
+    plain = render_job_config(make_ctx())
+    assert plain.dataset.path == "/data/train.jsonl"
+    assert plain.inference.context_length == plain.dataset.max_length + 1
     # The ConfigMap says so too, and the rendered config has no regenerate section (the trainer does not know it).
     cm = find(build_children(make_ctx(REGEN)), "ConfigMap")
     rendered = yaml.safe_load(cm["data"]["job.yaml"])
