@@ -65,7 +65,8 @@ def role_views(children: list[dict[str, Any]], tmp_path: Path, monkeypatch: pyte
     env = mount_config_map(children, trainer, tmp_path / "trainer")
     script = trainer["command"][2]
     config_arg = shlex.split(script.split("train --config", 1)[1].split("&", 1)[0])[0]
-    assert config_arg == "/etc/dspark/job.yaml" == next(e["value"] for e in trainer["env"] if e["name"] == JOB_CONFIG_ENV)
+    env_path = next(e["value"] for e in trainer["env"] if e["name"] == JOB_CONFIG_ENV)
+    assert config_arg == "/etc/dspark/job.yaml" == env_path
     config = load_job_config(env[JOB_CONFIG_ENV])
     views["trainer"] = {
         "transport": config.transport, "layer_ids": target_layer_ids(config), "schedule": config.schedule,
@@ -156,10 +157,7 @@ def test_pods_get_only_the_contract_env(tmp_path: Path) -> None:
 def _field_defaults(model: type[BaseModel]) -> dict[str, Any]:
     out = {}
     for name, info in model.model_fields.items():
-        if info.default_factory is not None:
-            value = info.default_factory()  # type: ignore[call-arg]
-        else:
-            value = info.default
+        value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
         out[name] = value.model_dump() if isinstance(value, BaseModel) else value
     return out
 
@@ -194,7 +192,8 @@ def test_crd_and_job_config_share_defaults(path: str, config_model: type[BaseMod
 
 def test_committed_crd_defaults_are_the_job_configs(tmp_path: Path) -> None:
     """The defaults the API server fills in (the committed CRD) are the job config's own."""
-    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "dsparktrainingjobs.dspark.io.yaml").read_text())
+    crd_file = Path(__file__).resolve().parents[2] / "crds" / "dsparktrainingjobs.dspark.io.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
     spec_props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     checks = {
         ("transport", "protocol"): TransportConfig.model_fields["protocol"].default,
