@@ -42,10 +42,10 @@ lint: venv
 	$(VENV)/bin/mypy
 
 cluster-up: venv cluster-bins
-	$(PY) -m dspark_trainer.testing.cluster up
+	PYTHONPATH=tests $(PY) -m harness.cluster up
 
 cluster-down: venv
-	$(PY) -m dspark_trainer.testing.cluster down
+	PYTHONPATH=tests $(PY) -m harness.cluster down
 
 clean:
 	rm -rf $(VENV) .cluster .demo

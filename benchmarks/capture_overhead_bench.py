@@ -140,8 +140,9 @@ def main() -> int:
         res = timed(variants, args.repeats, sync)
     else:
         from dspark_trainer.capture.server import ServerSettings, start_capture_server
-        from dspark_trainer.testing.mooncake import MooncakeMaster
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test harness
         from dspark_trainer.transport import MooncakeTransport, RecordInfo, make_base_key
+        from harness.mooncake import MooncakeMaster
 
         with MooncakeMaster() as master:
             cfg = master.transport_config(global_segment_size=max(256 << 20, 8 * record_bytes))

@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from dspark_operator.devtools import OperatorProcess, small_job_manifest
-from dspark_trainer.testing.cluster import LocalCluster, NodeSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test harness
+from harness.cluster import LocalCluster, NodeSpec
+from harness.operator_process import OperatorProcess, small_job_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "crds" / "dsparktrainingjobs.dspark.io.yaml"

@@ -52,7 +52,7 @@ def build_target(path: Path, *, hidden: int, layers: int, vocab: int, heads: int
                  device: str) -> Path:
     """A random Qwen3 target (bf16 safetensors) with the bundled demo tokenizer and chat template."""
     import torch
-    from dspark_trainer.testing.tiny_target import make_tiny_tokenizer
+    from dspark_trainer.local.tiny_model import make_tiny_tokenizer
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     if (path / "config.json").is_file():

@@ -191,7 +191,7 @@ def main() -> int:
         return 0
 
     import ray
-    from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+    from dspark_trainer.local.tiny_model import make_tiny_qwen3_target
 
     work = Path(tempfile.mkdtemp(prefix="regen-bench-"))
     model = args.model or str(make_tiny_qwen3_target(work / "tiny", num_layers=2, hidden_size=64))

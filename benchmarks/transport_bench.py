@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 
@@ -72,8 +73,9 @@ def _reader(conn: Connection, cfg_json: str, size: int, sock_port: int) -> None:
 
 def run_mode(mode: str, size_mb: int, repeats: int) -> dict[str, Any]:
     import torch
-    from dspark_trainer.testing.mooncake import MooncakeMaster, free_port
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test harness
     from dspark_trainer.transport import MooncakeTransport, make_base_key
+    from harness.mooncake import MooncakeMaster, free_port
 
     size = size_mb * 1000 * 1000
     cols = 4096

@@ -1,6 +1,6 @@
 """Pytest fixtures for the real test Kubernetes control plane (loaded from conftest.py).
 
-- `k8s_cluster` (session): a started `dspark_trainer.testing.cluster.LocalCluster`, started once
+- `k8s_cluster` (session): a started `harness.cluster.LocalCluster`, started once
   per run the first time a test asks for it, stopped at session end (also on failure, Ctrl-C or
   SIGTERM). Attributes: `.kubeconfig` (Path), `.server`, `.env()`, `.kubectl(...)`, `.helm(...)`,
   `.api(...)`, `.api_client()`, `.wait_until(...)`, `.gpu_nodes`, `.nodes`, `.log_dir`, `.bin_dir`.
@@ -21,7 +21,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from dspark_trainer.testing.cluster import (
+from harness.cluster import (
     ClusterError,
     LocalCluster,
     default_bin_dir,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from capture_helpers import TINY_LAYERS, TINY_VOCAB
-from dspark_trainer.testing.mooncake import MooncakeMaster
-from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+from dspark_trainer.local.tiny_model import make_tiny_qwen3_target
+from harness.mooncake import MooncakeMaster
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from dspark_trainer.capture.engine import CaptureEngine
 from dspark_trainer.capture.server import ServerHandle, ServerSettings, start_capture_server
 from dspark_trainer.config.training import CaptureClientConfig
 from dspark_trainer.data.capture_client import CaptureClient, CaptureError
-from dspark_trainer.testing.mooncake import MooncakeMaster, free_port
 from dspark_trainer.transport import MooncakeTransport
+from harness.mooncake import MooncakeMaster, free_port
 
 pytestmark = pytest.mark.mooncake
 

@@ -13,8 +13,8 @@ import torch
 from capture_helpers import TINY_LAYERS, TINY_VOCAB, http, metric_value, reference_states
 from dspark_trainer.capture.engine import CaptureEngine, check_layer_ids
 from dspark_trainer.capture.server import ServerHandle, ServerSettings, start_capture_server
-from dspark_trainer.testing.mooncake import MooncakeMaster
 from dspark_trainer.transport import MooncakeTransport, RecordInfo
+from harness.mooncake import MooncakeMaster
 
 LAYER_IDS = [-1, 0, 3, 6]  # both ends: the embedding output and the last layer before the final one
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from capture_helpers import http
 from dspark_trainer.commands.capture_server import parse_layer_ids, parse_size
-from dspark_trainer.testing.mooncake import MooncakeMaster, free_port
+from harness.mooncake import MooncakeMaster, free_port
 from server_helpers import wait_http_ok
 
 

@@ -21,9 +21,9 @@ from dspark_trainer.capture import sglang_plugin as plugin
 from dspark_trainer.capture.engine import CaptureEngine
 from dspark_trainer.config.training import CaptureClientConfig
 from dspark_trainer.data.capture_client import CaptureClient
-from dspark_trainer.testing.mooncake import MooncakeMaster
 from dspark_trainer.transport import MooncakeTransport, RecordInfo
 from dspark_trainer.transport.record import make_base_key
+from harness.mooncake import MooncakeMaster
 from sglang_source import check_target, sglang_source
 
 REPO = Path(__file__).resolve().parents[2]

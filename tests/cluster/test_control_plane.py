@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dspark_trainer.testing.cluster import GPU_RESOURCE, RDMA_RESOURCE, LocalCluster
+from harness.cluster import GPU_RESOURCE, RDMA_RESOURCE, LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -33,7 +33,7 @@ PYPROJECT = REPO / "pyproject.toml"
 
 def helm_binary() -> str:
     """The pinned helm built by scripts/build-cluster-binaries.sh (else one on PATH); skips or fails when absent."""
-    from dspark_trainer.testing.cluster import default_bin_dir
+    from harness.cluster import default_bin_dir
 
     built = default_bin_dir() / "helm"
     if os.access(built, os.X_OK):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from deploy_helpers import CHART, REPO, monitoring_crds, render
-from dspark_trainer.testing.cluster import LocalCluster
+from harness.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -25,7 +25,7 @@ from deploy_helpers import (
     substitute,
     variable_queries,
 )
-from dspark_trainer.testing.prometheus import PROMTOOL, find_binary
+from harness.prometheus import PROMTOOL, find_binary
 
 
 def promtool() -> str:
@@ -109,7 +109,7 @@ def test_every_used_name_has_a_known_source() -> None:
 
 @pytest.mark.mooncake
 def test_mooncake_metric_names_are_served_by_mooncake_master(tmp_path: Path) -> None:
-    from dspark_trainer.testing.mooncake import MooncakeMaster, find_master_binary
+    from harness.mooncake import MooncakeMaster, find_master_binary
 
     try:
         find_master_binary()

@@ -47,9 +47,9 @@ from deploy_helpers import (
     substitute,
     variable_queries,
 )
-from dspark_operator.devtools import small_job_manifest
-from dspark_trainer.testing.cluster import LocalCluster
-from dspark_trainer.testing.prometheus import PrometheusServer, find_binary, free_port, poll
+from harness.cluster import LocalCluster
+from harness.operator_process import small_job_manifest
+from harness.prometheus import PrometheusServer, find_binary, free_port, poll
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.cluster, pytest.mark.mooncake, pytest.mark.slow]
 
@@ -233,7 +233,7 @@ class Monitored:
 def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     if find_binary() is None:
         missing("prometheus not found: run scripts/install-system-deps.sh (Debian's prometheus package)")
-    from dspark_operator.devtools import OperatorProcess
+    from harness.operator_process import OperatorProcess
 
     work = tmp_path_factory.mktemp("monitoring")
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""`dspark_trainer.testing.prometheus` on its own: a real Prometheus scraping a small exporter."""
+"""`harness.prometheus` on its own: a real Prometheus scraping a small exporter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from deploy_helpers import missing
-from dspark_trainer.testing.prometheus import PrometheusError, PrometheusServer, find_binary, free_port
+from harness.prometheus import PrometheusError, PrometheusServer, find_binary, free_port
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 pytestmark = pytest.mark.prometheus

@@ -19,7 +19,7 @@ def cfg() -> DSparkModelConfig:
 
 @pytest.fixture(scope="session")
 def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+    from dspark_trainer.local.tiny_model import make_tiny_qwen3_target
 
     return make_tiny_qwen3_target(tmp_path_factory.mktemp("target") / "tiny-qwen3", num_layers=8)
 

@@ -8,7 +8,7 @@ from dspark_trainer.model.config import resolve_model_config_from_dir, tokenizer
 
 
 def test_tiny_target_is_deterministic_and_complete(tiny_target: Path, tmp_path: Path) -> None:
-    from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+    from dspark_trainer.local.tiny_model import make_tiny_qwen3_target
 
     again = make_tiny_qwen3_target(tmp_path / "again", num_layers=8)
     names = sorted(p.name for p in tiny_target.iterdir())

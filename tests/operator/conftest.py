@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dspark_operator.devtools import OperatorProcess
-from dspark_trainer.testing.cluster import LocalCluster, NodeSpec
+from harness.cluster import LocalCluster, NodeSpec
+from harness.operator_process import OperatorProcess
 from operator_cluster_env import REPO, OperatorEnv
 
 CRD = REPO / "crds" / "dsparktrainingjobs.dspark.io.yaml"

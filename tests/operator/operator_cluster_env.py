@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dspark_operator.devtools import OperatorProcess
-from dspark_trainer.testing.cluster import LocalCluster, wait_until
+from harness.cluster import LocalCluster, wait_until
+from harness.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 

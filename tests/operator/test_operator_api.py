@@ -216,7 +216,7 @@ def test_unreadable_status_is_dropped_not_fatal() -> None:
 
 
 def test_operator_cli_help() -> None:
-    from dspark_operator.devtools import operator_command
+    from harness.operator_process import operator_command
 
     out = subprocess.run([*operator_command(), "--help"], capture_output=True, text=True, check=True).stdout
     assert "--namespace" in out and "--metrics-port" in out

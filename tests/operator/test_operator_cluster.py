@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from dspark_operator.devtools import small_job_manifest
 from dspark_trainer.status_reporter import StatusReporter
+from harness.operator_process import small_job_manifest
 from module_loader import load_module
 from operator_cluster_env import REPO, OperatorEnv
 

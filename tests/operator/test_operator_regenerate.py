@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import yaml
 from dspark_operator import crdgen
-from dspark_operator.api.job import parse_spec
 from dspark_operator.api.spec import RegenerateSpec
 from dspark_operator.builders import build_children, build_regenerate_job
 from dspark_operator.builders.config import render_job_config

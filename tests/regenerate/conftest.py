@@ -13,7 +13,7 @@ FAULT_ARGS = ["--fault-flaky", "FLAKY", "--fault-flaky-count", "1", "--fault-alw
 
 @pytest.fixture(scope="session")
 def tiny_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+    from dspark_trainer.local.tiny_model import make_tiny_qwen3_target
 
     return make_tiny_qwen3_target(tmp_path_factory.mktemp("target") / "tiny", num_layers=2, hidden_size=32)
 

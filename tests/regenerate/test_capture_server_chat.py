@@ -24,7 +24,7 @@ def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
 
 @pytest.mark.mooncake
 def test_regenerate_against_the_capture_server(tiny_target: Path, tmp_path: Path) -> None:
-    from dspark_trainer.testing.mooncake import MooncakeMaster, free_port
+    from harness.mooncake import MooncakeMaster, free_port
 
     with MooncakeMaster(log_dir=tmp_path / "mooncake") as master:
         port = free_port()

@@ -77,7 +77,7 @@ def test_progress_checkpoint_request_and_completion_reach_the_reporter(
     tmp_path: Path, one_rank_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeReporter()
-    monkeypatch.setattr(runtime_main, "make_status_sink", lambda interval: fake)
+    monkeypatch.setattr(runtime_main, "make_status_sink", lambda job, interval: fake)
     assert runtime_main.run(config(tmp_path)) == 0
     states = [r.get("state") for r in fake.reports if r.get("state")]
     assert states[0] == "Running"
@@ -97,7 +97,7 @@ def test_a_bad_config_is_reported_as_failed(
     tmp_path: Path, one_rank_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeReporter()
-    monkeypatch.setattr(runtime_main, "make_status_sink", lambda interval: fake)
+    monkeypatch.setattr(runtime_main, "make_status_sink", lambda job, interval: fake)
     cfg = config(tmp_path)
     cfg = cfg.model_copy(update={"draft": cfg.draft.model_copy(update={"target_layer_ids": [0, 3]})})
     assert runtime_main.run(cfg) == 2

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dspark_trainer.testing.mooncake import MooncakeMaster
+from harness.mooncake import MooncakeMaster
 
 
 @pytest.fixture

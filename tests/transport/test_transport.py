@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from dspark_trainer.testing.mooncake import MooncakeMaster
 from dspark_trainer.transport import (
     BufferPoolExhausted,
     MooncakeTransport,
@@ -21,6 +20,7 @@ from dspark_trainer.transport import (
     make_base_key,
 )
 from dspark_trainer.transport.record import minute_bucket
+from harness.mooncake import MooncakeMaster
 
 pytestmark = pytest.mark.mooncake
 

@@ -117,7 +117,7 @@ def ensure_demo_target(path: Path, recipe: TinyTargetRecipe | None = None) -> Pa
         return path
     from transformers.utils import logging as hf_logging
 
-    from dspark_trainer.testing.tiny_target import make_tiny_qwen3_target
+    from dspark_trainer.local.tiny_model import make_tiny_qwen3_target
 
     hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars in the demo
 

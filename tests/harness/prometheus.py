@@ -12,7 +12,7 @@ queried through its HTTP API:
 Targets may be added before or after `start()` (the configuration is rewritten and reloaded).
 `scripts/install-system-deps.sh` installs the binary (`/usr/bin/prometheus`).
 
-    python -m dspark_trainer.testing.prometheus --target 127.0.0.1:9400   # scrape one target, print the URL
+    python -m harness.prometheus --target 127.0.0.1:9400   # scrape one target, print the URL
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import yaml
-
 from dspark_trainer.util.net import free_port
 from dspark_trainer.util.polling import poll_until
 
@@ -365,7 +364,7 @@ class PrometheusServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a Prometheus that scrapes the given targets until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m dspark_trainer.testing.prometheus",
+    parser = argparse.ArgumentParser(prog="python -m harness.prometheus",
                                      description="Run Debian's prometheus scraping local targets.")
     parser.add_argument("--target", action="append", default=[], metavar="HOST:PORT", help="target to scrape")
     parser.add_argument("--rules", action="append", default=[], type=Path, help="rule file to load")

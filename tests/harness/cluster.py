@@ -11,7 +11,7 @@ state directory (`logs/<component>.log`).
 
 Command line (used by `make cluster-up` / `make cluster-down`):
 
-    python -m dspark_trainer.testing.cluster up|down|status [--state-dir DIR]
+    python -m harness.cluster up|down|status [--state-dir DIR]
 
 `up` leaves the processes running detached and records them in `<repo>/.cluster/state.json`.
 """
@@ -40,10 +40,10 @@ from types import TracebackType
 from typing import IO, Any, TypeVar
 
 import yaml
-
-from dspark_trainer.testing.pki import PKI, CertPair
 from dspark_trainer.util.net import free_port
 from dspark_trainer.util.polling import poll_until
+
+from harness.pki import PKI, CertPair
 
 T = TypeVar("T")
 
@@ -460,9 +460,12 @@ class LocalCluster:
             str(exe), f"--kubeconfig={self.kubeconfig}", *args, input=input, check=check, timeout=timeout
         )
 
-    def api(self, method: str, path: str, body: Any = None, *, timeout: float = 30) -> tuple[int, Any]:
-        """One request to the API server as the admin user; returns (status, decoded JSON or text)."""
-        return self._https(self.ports.apiserver, method, path, body, timeout=timeout)
+    def api(
+        self, method: str, path: str, body: Any = None, *, timeout: float = 30, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
+        """One request to the API server as the admin user; returns (status, decoded JSON or text).
+        `content_type` selects the patch flavour (e.g. application/merge-patch+json)."""
+        return self._https(self.ports.apiserver, method, path, body, timeout=timeout, content_type=content_type)
 
     def api_client(self) -> Any:
         """A `kubernetes.client.ApiClient` for this cluster (needs the `kubernetes` package)."""
@@ -652,7 +655,7 @@ class LocalCluster:
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
         self.log_dir.mkdir(parents=True)
-        marker.write_text("state of a dspark_trainer.testing.cluster control plane; wiped on each start\n")
+        marker.write_text("state of a harness.cluster control plane; wiped on each start\n")
 
     def _load_pki(self) -> None:
         pki_dir = self.state_dir / "pki"
@@ -737,7 +740,8 @@ class LocalCluster:
         return self._ssl
 
     def _https(
-        self, port: int, method: str, path: str, body: Any = None, *, timeout: float = 30
+        self, port: int, method: str, path: str, body: Any = None, *, timeout: float = 30,
+        content_type: str = "application/json",
     ) -> tuple[int, Any]:
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=self._ssl_context(), timeout=timeout)
         try:
@@ -745,7 +749,7 @@ class LocalCluster:
             payload = None
             if body is not None:
                 payload = json.dumps(body).encode()
-                headers["Content-Type"] = "application/json"
+                headers["Content-Type"] = content_type
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
             raw = resp.read().decode(errors="replace")
@@ -1035,7 +1039,7 @@ def _cmd_status(state_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dspark_trainer.testing.cluster", description="Local test Kubernetes control plane."
+        prog="python -m harness.cluster", description="Local test Kubernetes control plane."
     )
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=None, help="default: <repo>/.cluster")

@@ -18,11 +18,9 @@ import atexit
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -33,32 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from dspark_trainer.config.transport import TransportConfig
+from dspark_trainer.transport.master import find_master_binary
 from dspark_trainer.util.net import free_port
 
 _LIVE: weakref.WeakSet[MooncakeMaster] = weakref.WeakSet()
-
-
-def find_master_binary() -> str:
-    """`mooncake_master` next to this interpreter, on PATH, or inside the installed `mooncake` package."""
-    candidates = [Path(sys.executable).parent / "mooncake_master"]
-    on_path = shutil.which("mooncake_master")
-    if on_path:
-        candidates.append(Path(on_path))
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("mooncake")
-        if spec is not None and spec.origin:
-            candidates.append(Path(spec.origin).parent / "mooncake_master")
-    except (ImportError, ValueError):
-        pass
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return str(c)
-    raise FileNotFoundError(
-        "mooncake_master not found (install the mooncake-cpu extra: mooncake-transfer-engine-non-cuda); "
-        f"looked at {[str(c) for c in candidates]}"
-    )
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:

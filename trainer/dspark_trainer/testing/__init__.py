@@ -1,1 +1,0 @@
-"""Real-part test environments (Kubernetes control plane, Mooncake, Prometheus) for tests and demos."""
