@@ -132,3 +132,27 @@ def test_operator_target_installs_without_torch(tmp_path: Path) -> None:
     run([str(py), "-c", "import dspark_operator.handlers, dspark_operator.crdgen"])
     check = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True, check=False)
     assert check.returncode != 0, "torch must not be in the operator image"
+
+
+TEST_ONLY_MODULES = ("harness", "process_kubelet", "devtools", "testing", "conftest")
+
+
+def test_wheel_and_images_ship_no_test_code(tmp_path: Path) -> None:
+    """The wheel (what every image installs) holds only the two packages, none of the test harness; the images
+    copy only operator/ and trainer/, and nothing in them imports the harness or pytest."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, timeout=600, capture_output=True)
+    (wheel,) = tmp_path.glob("dspark_k8s-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/", 1)[0] for n in names if not n.startswith("dspark_k8s-")}
+    assert tops == {"dspark_operator", "dspark_trainer"}, tops
+    bad = [n for n in names if any(part in TEST_ONLY_MODULES for part in Path(n).with_suffix("").parts)]
+    assert not bad, bad
+    copied = re.findall(r"(?m)^COPY (?!--from)(\S+)", TEXT)
+    assert set(copied) <= {"pyproject.toml", "README.md", "operator", "trainer"}, copied
+    for package in (REPO / "operator", REPO / "trainer"):
+        for source in package.rglob("*.py"):
+            text = source.read_text()
+            assert not re.search(r"(?m)^\s*(from|import) (harness|pytest)\b", text), source
