@@ -63,6 +63,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("v1", "ConfigMap", "configmaps"),
         KindInfo("v1", "Service", "services"),
         KindInfo("v1", "Pod", "pods"),
+        KindInfo("v1", "Node", "nodes", namespaced=False),
         KindInfo("v1", "Event", "events"),
         KindInfo("apps/v1", "Deployment", "deployments"),
         KindInfo("apps/v1", "StatefulSet", "statefulsets"),

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from dspark_trainer.config import TransportProtocol
 from pydantic import ValidationError
 
 from dspark_operator.api.job import InvalidSpec, JobView, parse_job
@@ -71,11 +72,13 @@ OPERATOR_STATUS_KEYS = (
     "draftPath",
     "checkpointRequest",
     "gang",
+    "transportProtocol",
 )
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "StatefulSet")
 FIRST_WAVE = frozenset({"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"})
 DRY_RUN_KINDS = frozenset({"Deployment", "StatefulSet", "PodMonitor", "Job"})
 PODMONITOR_RECHECK_SECONDS = 300.0
+NODES_RECHECK_SECONDS = 60.0
 MIN_ERROR_BACKOFF = 5.0
 BUILT_CACHE_SIZE = 512
 MAX_ERROR_BACKOFF = 300.0
@@ -198,6 +201,8 @@ class Reconciler:
         self.clock = clock
         self._podmonitor: bool | None = None
         self._podmonitor_checked = 0.0
+        self._rdma_nodes: dict[str, bool] = {}  # RDMA resource name -> some node advertises it
+        self._nodes_checked = 0.0
         self._errors: dict[str, int] = {}
         self._built: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._last_error: dict[str, str] = {}
@@ -258,6 +263,7 @@ class Reconciler:
         applied = 0
         if decision.workloads is Workloads.UP:
             try:
+                decision.status.transport_protocol = await self.transport_protocol(job)
                 applied = await self._apply_children(job, existing, decision)
             except _Rejected as rejected:
                 job = dataclasses.replace(job, spec=None, invalid=rejected.invalid)
@@ -292,6 +298,37 @@ class Reconciler:
             self._podmonitor = await self.api.api_group_exists(f"{PODMONITOR_GROUP}/{PODMONITOR_VERSION}")
             self._podmonitor_checked = now
         return self._podmonitor
+
+    async def rdma_advertised(self, resource: str) -> bool:
+        """Whether some node advertises the extended resource `resource` (cached; False when nodes cannot be
+        listed, e.g. an operator limited to namespaces)."""
+        now = time.monotonic()
+        if resource not in self._rdma_nodes or now - self._nodes_checked > NODES_RECHECK_SECONDS:
+            try:
+                nodes = await self.api.list(KINDS["Node"].collection(None))
+            except ApiError as err:
+                log.warning("cannot list nodes (%s): transport protocol auto means tcp", err.message)
+                nodes = []
+            self._rdma_nodes = {
+                resource: any(
+                    str(((n.get("status") or {}).get("allocatable") or {}).get(resource, "0")) not in ("0", "")
+                    for n in nodes
+                )
+            }
+            self._nodes_checked = now
+        return self._rdma_nodes[resource]
+
+    async def transport_protocol(self, job: JobView) -> str:
+        """The job's Mooncake protocol: the spec's, or the one decided for `auto` (kept in the status, so a job
+        never changes protocol once its children exist)."""
+        assert job.spec is not None
+        chosen = str(job.spec.transport.protocol)
+        if chosen != TransportProtocol.AUTO:
+            return chosen
+        if job.status.transport_protocol in (TransportProtocol.RDMA, TransportProtocol.TCP):
+            return job.status.transport_protocol
+        rdma = await self.rdma_advertised(job.spec.transport.rdma_resource_name)
+        return str(TransportProtocol.RDMA if rdma else TransportProtocol.TCP)
 
     async def observe(
         self, job: JobView, *, workloads_only: bool = False
@@ -363,6 +400,7 @@ class Reconciler:
             trainer_image=self.settings.trainer_image,
             inference_image=self.settings.inference_image,
             podmonitor_available=bool(self._podmonitor),
+            rdma_available=decision.status.transport_protocol == TransportProtocol.RDMA,
         )
         key = (
             job.uid,
@@ -371,6 +409,7 @@ class Reconciler:
             ctx.trainer_image,
             ctx.inference_image,
             decision.trainer_up,
+            ctx.protocol,
         )
         manifests = self._built.get(key)
         if manifests is None:

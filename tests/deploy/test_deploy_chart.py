@@ -217,7 +217,8 @@ def test_rbac_least_privilege() -> None:
                     assert "*" not in rule[key], (d["metadata"]["name"], rule)
                 assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
                 assert "secrets" not in rule["resources"], rule
-                assert "nodes" not in rule["resources"], rule
+                # Nodes: only listed (transport.protocol auto reads their RDMA resources), never changed.
+                assert "nodes" not in rule["resources"] or rule["verbs"] == ["list"], rule
         rules = operator_rules(docs)
         assert not allowed(rules, "", "pods", "create")  # it deletes pods for a gang restart, never creates them
         assert allowed(rules, "", "pods", "delete")
@@ -226,6 +227,7 @@ def test_rbac_least_privilege() -> None:
     assert kopf["rules"] == [
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     ]
 
 

@@ -166,14 +166,13 @@ class LocalRun:
             cfg = yaml.safe_load(path.read_text()) or {}
             metrics = cfg.get("metrics") or {}
             endpoints = (cfg.get("capture") or {}).get("endpoints") or []
-            master_log = self.workdir / "logs" / "mooncake" / "mooncake_master.log"
-            ports = re.findall(r"--metrics_port=(\d+)", master_log.read_text()) if master_log.exists() else []
-            if not (metrics.get("port") and endpoints and ports):
+            master_port = (cfg.get("transport") or {}).get("masterMetricsPort")
+            if not (metrics.get("port") and endpoints and master_port):
                 return None
             return {
                 "trainer": f"127.0.0.1:{metrics['port']}",
                 "capture": endpoints[0].split("://", 1)[-1].rstrip("/"),
-                "mooncake": f"127.0.0.1:{ports[-1]}",
+                "mooncake": f"127.0.0.1:{master_port}",
             }
 
         return poll(ready, timeout=timeout, what="the embedded pipeline's services", interval=1.0,

@@ -512,3 +512,23 @@ def test_examples_are_valid_yaml_for_kubectl(dsj_env: OperatorEnv, k8s_namespace
     for path in sorted(Path(REPO / "examples").glob("*.yaml")):
         proc = dsj_env.kubectl("apply", "--dry-run=server", "-n", k8s_namespace, "-f", str(path))
         assert "created (server dry run)" in proc.stdout, proc.stdout
+
+
+def test_transport_auto_follows_the_nodes_rdma_resources(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
+    """protocol auto: RDMA when a node advertises transport.rdmaResourceName (the kwok GPU nodes have rdma/hca),
+    else TCP; the choice is in the status and in the job config every pod reads."""
+    ns = k8s_namespace
+    for name, resource, want in (("auto-rdma", "rdma/hca", "rdma"), ("auto-tcp", "example.com/no-such-rdma", "tcp")):
+        body = small_job_manifest(name)
+        body["spec"]["transport"] = {"rdmaResourceName": resource, "masterResources": body["spec"]["transport"][
+            "masterResources"]}
+        dsj_env.apply(ns, body)
+        dsj_env.wait(lambda n=name: (((dsj_env.job(ns, n) or {}).get("status") or {}).get("transportProtocol")),
+                     timeout=60, what=f"{name}'s transport protocol")
+        assert dsj_env.job(ns, name)["status"]["transportProtocol"] == want  # type: ignore[index]
+        cm = dsj_env.get(f"/api/v1/namespaces/{ns}/configmaps/{name}-config")
+        assert cm is not None and yaml.safe_load(cm["data"]["job.yaml"])["transport"]["protocol"] == want
+        inference = dsj_env.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}-inference")
+        assert inference is not None
+        (c,) = inference["spec"]["template"]["spec"]["containers"]
+        assert (resource in c["resources"].get("limits", {})) == (want == "rdma")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -153,7 +154,10 @@ class Watch:
 def run_job(env: OperatorEnv, kubelet: ProcessKubelet, ns: str, name: str, metrics_port: int,
             *, kill_at_step: int | None = None) -> dict[str, Any]:
     """Apply one job on fresh volumes, optionally kill its trainer mid-run, and return what it ended with."""
-    env.bound_claims(ns, {"models": "ReadOnlyMany", "data": "ReadOnlyMany", "output": "ReadWriteOnce"})
+    claims = {"models": "ReadOnlyMany", "data": "ReadOnlyMany", "output": "ReadWriteOnce"}
+    for claim in claims:  # the claims' hostPath volumes start empty (no draft of an earlier run)
+        shutil.rmtree(f"/tmp/{ns}-{claim}", ignore_errors=True)
+    env.bound_claims(ns, claims)
     make_tiny_qwen3_target(Path(f"/tmp/{ns}-models") / "tiny", hidden_size=64, num_layers=6, vocab_size=512)
     write_dataset(Path(f"/tmp/{ns}-data") / "train.jsonl")
     env.apply(ns, job_manifest(name, metrics_port, free_port()))
@@ -165,7 +169,7 @@ def run_job(env: OperatorEnv, kubelet: ProcessKubelet, ns: str, name: str, metri
             watch.poll()
             p = progress(metrics_port) or {}
             checkpoints = list((Path(f"/tmp/{ns}-output") / "checkpoints").glob("step-*"))
-            if int(p.get("step") or 0) >= kill_at_step and checkpoints:
+            if p.get("state") == "Running" and int(p.get("step") or 0) >= kill_at_step and checkpoints:
                 killed = {"step": int(p["step"]), "samples": p.get("samples"), "checkpoints": sorted(
                     c.name for c in checkpoints), "pid": kubelet.kill_container(ns, f"{name}-trainer-0", "trainer")}
                 break
@@ -201,7 +205,7 @@ def test_applied_job_trains_end_to_end_and_survives_a_trainer_kill(
           f"loss {progress_1['loss']:.4f}, tau {progress_1['tau']:.3f}, acceptRate {progress_1['acceptRate']}")
 
     # --- run 2: the trainer pod's processes are killed mid-run -------------------------------------
-    ns2 = k8s_cluster.create_namespace(f"{ns[:40]}-kill")
+    ns2 = k8s_cluster.create_namespace(f"e2e-kill-{ns[-6:]}")
     try:
         kill = run_job(env, process_kubelet, ns2, "e2e", free_port(), kill_at_step=9)
         progress_2 = kill["status"]["progress"]
@@ -220,6 +224,8 @@ def test_applied_job_trains_end_to_end_and_survives_a_trainer_kill(
               f"{progress_2['samples']}, loss {progress_2['loss']:.4f}, tau {progress_2['tau']:.3f}")
     finally:
         k8s_cluster.delete_namespace(ns2)
+        for claim in ("models", "data", "output"):
+            shutil.rmtree(f"/tmp/{ns2}-{claim}", ignore_errors=True)
 
     # --- the real Prometheus scraped the first trainer while it ran --------------------------------
     series = prometheus.query('max_over_time(dspark_train_step{dspark_job="e2e"}[30m])')

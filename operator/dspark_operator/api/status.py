@@ -177,6 +177,14 @@ class DSparkTrainingJobStatus(StatusModel):
         None, description="Pending request for the trainer to checkpoint (suspend handshake)."
     )
     gang: GangStatus | None = Field(None, description="Operator bookkeeping for gang restarts.")
+    transport_protocol: str | None = Field(
+        None,
+        max_length=16,
+        description=(
+            "The Mooncake protocol the job's pods use (rdma or tcp): spec.transport.protocol, with auto decided once "
+            "when the job's children are first created (rdma when a node advertises transport.rdmaResourceName)."
+        ),
+    )
 
     def condition(self, ctype: str) -> Condition | None:
         """The condition of the given type, if present."""
