@@ -15,12 +15,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "capture-server": ("capture_server", "serve a job's capture engine (SGLang or reference), or a standalone one"),
     "mooncake-master": ("mooncake_master", "run a job's Mooncake master (ports from the job config)"),
     "data": ("data", "prepare training data (regenerate responses with the target)"),
+    "validate": ("validate", "check DSparkTrainingJob manifests with the operator's own validation, offline"),
+    "status": ("status", "show a job's phase, progress, loss and acceptance from the cluster"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; each subcommand module adds its own arguments."""
+    from dspark_trainer import __version__
+
     parser = argparse.ArgumentParser(prog="dspark", description="Train DSpark speculative-decoding drafts.")
+    parser.add_argument("--version", action="version", version=f"dspark-k8s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -32,8 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run the chosen subcommand; returns the process exit code."""
+    from dspark_trainer.config.training import ConfigError
+
     args = build_parser().parse_args(argv)
-    result: int = args._run(args)
+    try:
+        result: int = args._run(args)
+    except ConfigError as exc:  # a problem of the user's input: one line (or one per field), no traceback
+        print(f"dspark {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return result
 
 
