@@ -140,10 +140,18 @@ TEST_ONLY_MODULES = ("harness", "process_kubelet", "devtools", "testing", "conft
 def test_wheel_and_images_ship_no_test_code(tmp_path: Path) -> None:
     """The wheel (what every image installs) holds only the two packages, none of the test harness; the images
     copy only operator/ and trainer/, and nothing in them imports the harness or pytest."""
+    import shutil
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, timeout=600, capture_output=True)
+    # Build from a copy of what the Dockerfile copies (setuptools writes build/ next to the sources).
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("operator", "trainer"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
+                   check=True, timeout=600, capture_output=True)
     (wheel,) = tmp_path.glob("dspark_k8s-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names if not n.startswith("dspark_k8s-")}
