@@ -11,8 +11,9 @@
 #           transformers, for small targets) and the CUDA build of Mooncake, whose wheel also
 #           provides `mooncake_master` (the operator runs the Mooncake master from this image).
 # serving:  SGLang (the version pinned in the `serving` extra) with this package's capture plugin
-#           and the CUDA build of Mooncake: the inference pods of a job (the operator sets
-#           SGLANG_PLUGINS=dspark_capture there), and the image to serve the trained draft with.
+#           and the CUDA build of Mooncake: the inference pods of a job (they run
+#           `dspark capture-server --config /etc/dspark/job.yaml`, which starts SGLang with the
+#           capture flags and the plugin allowed), and the image to serve the trained draft with.
 # Trainer and SGLang cannot share one image: the pinned SGLang requires a different torch (and
 # transformers) than the trainer's pins, so each gets the torch base image its pins need.
 #
