@@ -32,7 +32,7 @@ from dspark_trainer.config import (
     TransportConfig,
     load_job_config,
 )
-from dspark_trainer.targets import target_layer_ids
+from dspark_trainer.target_resolution import target_layer_ids
 from pydantic import BaseModel
 
 

@@ -196,7 +196,7 @@ def _server_overrides(args: argparse.Namespace, base: ReferenceServerConfig) -> 
 
 def plan_from_job(config: JobConfig, args: argparse.Namespace) -> ReferencePlan:
     """The reference server of a job: the job config, with --port/--host/--device/batching flags on top."""
-    from dspark_trainer.targets import target_layer_ids
+    from dspark_trainer.target_resolution import target_layer_ids
 
     inf = config.inference
     return ReferencePlan(
@@ -249,7 +249,7 @@ def chat_template_file(config: JobConfig, directory: str | None = None) -> str |
 def sglang_command(config: JobConfig) -> list[str]:
     """The whole SGLang command of a job's capture server (layer ids read from the target's config)."""
     from dspark_trainer.capture.sglang_args import sglang_server_args
-    from dspark_trainer.targets import target_layer_ids
+    from dspark_trainer.target_resolution import target_layer_ids
 
     layer_ids = target_layer_ids(config)
     try:

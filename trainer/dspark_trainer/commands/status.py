@@ -48,8 +48,8 @@ def fetch_job(name: str, namespace: str | None, kubeconfig: str | None) -> dict[
     cfg.retries = 0
     api = client.CustomObjectsApi(client.ApiClient(cfg))
     try:
-        job: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, _request_timeout=10)
-        return job
+        job = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, _request_timeout=10)
+        return dict(job)
     except client.ApiException as exc:
         if exc.status == 404:
             raise StatusError(f"no DSparkTrainingJob {name!r} in namespace {ns!r} (kubectl get dsj -n {ns}); if the "
@@ -78,8 +78,8 @@ def summary(job: Mapping[str, Any]) -> str:
     lines = [
         f"job        {meta.get('namespace')}/{meta.get('name')}",
         f"phase      {status.get('phase') or 'Pending (not reconciled yet)'}",
-        f"step       {_fmt(progress.get('step'))}/{_fmt(progress.get('total'))}  samples {_fmt(progress.get('samples'))}"
-        f"  epoch {_fmt(progress.get('epoch'), 3)}",
+        f"step       {_fmt(progress.get('step'))}/{_fmt(progress.get('total'))}"
+        f"  samples {_fmt(progress.get('samples'))}  epoch {_fmt(progress.get('epoch'), 3)}",
         f"loss       {_fmt(progress.get('loss'))}   tau {_fmt(progress.get('tau'))}",
     ]
     rates = progress.get("acceptRate")

@@ -17,7 +17,7 @@ from dspark_trainer.data.records import ConversationRecord, DatasetError, load_d
 from dspark_trainer.data.sharding import samples_per_rank_per_step, shard_length, total_steps
 from dspark_trainer.data.split import split_records
 from dspark_trainer.data.tokenize import ChatTokenizer
-from dspark_trainer.targets import load_target_config, resolve_layer_ids, target_num_layers
+from dspark_trainer.target_resolution import load_target_config, resolve_layer_ids, target_num_layers
 
 
 @dataclass
