@@ -48,7 +48,7 @@ def fetch_job(name: str, namespace: str | None, kubeconfig: str | None) -> dict[
     cfg.retries = 0
     api = client.CustomObjectsApi(client.ApiClient(cfg))
     try:
-        job = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, _request_timeout=10)
+        job: Any = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, _request_timeout=10)
         return dict(job)
     except client.ApiException as exc:
         if exc.status == 404:
