@@ -191,6 +191,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Gang restarts of the trainer.",
         "priority": 1,
     },
+    {
+        "name": "Eval-Tau",
+        "type": "number",
+        "jsonPath": ".status.progress.evaluation.tau",
+        "description": "Tokens per round in real speculative decoding after training (spec.evaluation).",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -94,6 +94,7 @@ def test_spec_sections_required_fields_defaults_enums_and_ranges(schema: dict[st
         "runPolicy",
         "scheduling",
         "metrics",
+        "evaluation",
     }
     assert set(spec["required"]) == {"target", "dataset"}
     props = spec["properties"]

@@ -47,7 +47,12 @@ INT_FIELDS = frozenset({"step", "total", "samples", "lastCheckpointStep"})
 FLOAT_FIELDS = frozenset({"epoch", "loss", "tau", "throughput", "tokensPerSecond"})
 STR_FIELDS = frozenset({"state", "lastCheckpoint", "checkpointAck", "draftPath", "message"})
 LIST_FIELDS = frozenset({"acceptRate"})
-FIELDS = INT_FIELDS | FLOAT_FIELDS | STR_FIELDS | LIST_FIELDS
+# status.progress.evaluation (see dspark_operator.api.status.EvaluationResult).
+EVALUATION_FIELDS = {
+    "promptSet": str, "numPrompts": int, "temperature": float, "tau": float, "acceptRate": list, "speedup": float,
+    "tokensPerSecond": float, "baselineTokensPerSecond": float, "confidenceEce": float, "message": str,
+}
+FIELDS = INT_FIELDS | FLOAT_FIELDS | STR_FIELDS | LIST_FIELDS | {"evaluation"}
 STATES = ("Starting", "Running", "Checkpointed", "Completed", "Failed")
 URGENT_STATES = frozenset({"Checkpointed", "Completed", "Failed"})
 
@@ -78,6 +83,8 @@ def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = None if f is None else max(0, int(f))
         elif name in FLOAT_FIELDS:
             out[name] = _float(value)
+        elif name == "evaluation":
+            out[name] = _evaluation(value)
         elif name in LIST_FIELDS:
             out[name] = [x if x is not None else 0.0 for x in (_float(v) for v in list(value)[:64])]
         else:
@@ -87,6 +94,28 @@ def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
     if state is not None and state not in STATES:
         log.warning("status reporter: unknown state %r dropped (one of %s)", state, ", ".join(STATES))
         out.pop("state")
+    return out
+
+
+def _evaluation(value: Any) -> dict[str, Any] | None:
+    """The evaluation result, JSON-safe: camelCase keys of EVALUATION_FIELDS only, finite numbers."""
+    if not isinstance(value, Mapping):
+        return None
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = _camel(str(key))
+        kind = EVALUATION_FIELDS.get(name)
+        if kind is None or item is None:
+            continue
+        if kind is list:
+            out[name] = [x if x is not None else 0.0 for x in (_float(v) for v in list(item)[:64])]
+        elif kind is int:
+            f = _float(item)
+            out[name] = None if f is None else max(0, int(f))
+        elif kind is float:
+            out[name] = _float(item)
+        else:
+            out[name] = str(item)[:4000]
     return out
 
 

@@ -25,6 +25,7 @@ from dspark_trainer.config import (
     DatasetConfig,
     DraftOptions,
     EvalConfig,
+    EvaluationConfig,
     InferenceConfig,
     OptimizerConfig,
     ScheduleConfig,
@@ -471,3 +472,11 @@ class DSparkTrainingJobSpec(ConfigModel):
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts, deadline, TTL, suspend.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Placement and priority.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics and PodMonitor.")
+    evaluation: EvaluationConfig | None = Field(
+        None,
+        description=(
+            "After training, the trainer measures the draft by real speculative decoding with the target (dspark "
+            "eval on the export): tau, per-position acceptance and speedup go to status.progress.evaluation and "
+            "to Prometheus (dspark_eval_spec_*). Absent: no evaluation."
+        ),
+    )

@@ -91,6 +91,23 @@ class Condition(StatusModel):
     )
 
 
+class EvaluationResult(StatusModel):
+    """The draft measured by real speculative decoding with its target after training (spec.evaluation)."""
+
+    prompt_set: str | None = Field(None, max_length=4096, description="The prompts decoded.")
+    num_prompts: int | None = Field(None, ge=0, description="How many prompts were decoded.")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature (0: greedy).")
+    tau: float | None = Field(None, ge=0, description="Mean tokens per verification round (accepted drafts + 1).")
+    accept_rate: list[float] | None = Field(
+        None, max_length=64, description="Per draft position: rounds accepting more than k / rounds proposing more."
+    )
+    speedup: float | None = Field(None, ge=0, description="Speculative tokens/s over target-only tokens/s.")
+    tokens_per_second: float | None = Field(None, ge=0, description="Speculative decoding tokens/s.")
+    baseline_tokens_per_second: float | None = Field(None, ge=0, description="Target-only decoding tokens/s.")
+    confidence_ece: float | None = Field(None, ge=0, description="Expected calibration error of the confidence head.")
+    message: str | None = Field(None, max_length=4096, description="Why the evaluation failed, if it did.")
+
+
 class Progress(StatusModel):
     """Training progress, reported by the trainer's rank 0 (throttled)."""
 
@@ -115,6 +132,9 @@ class Progress(StatusModel):
     )
     draft_path: str | None = Field(None, max_length=4096, description="Where the exported draft was written.")
     message: str | None = Field(None, max_length=4096, description="Free-form note from the trainer.")
+    evaluation: EvaluationResult | None = Field(
+        None, description="Real speculative decoding of the export (spec.evaluation), once training is done."
+    )
     updated_time: str | None = Field(
         None, description="When the trainer last reported (RFC 3339).", json_schema_extra={"format": "date-time"}
     )

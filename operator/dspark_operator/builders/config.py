@@ -67,6 +67,7 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
             dir=posixpath.join(out.mount_path, out.checkpoint_dir), **spec.trainer.checkpoint.model_dump()
         ),
         eval=spec.trainer.eval,
+        evaluation=spec.evaluation,
         inference=render_inference_config(spec),
         capture=CaptureClientConfig(endpoints=[inference_url], **spec.trainer.capture.model_dump()),
         transport=TransportConfig(

