@@ -190,7 +190,9 @@ def test_trainer_statefulset_and_headless_service() -> None:
     assert env["NCCL_IB_HCA"] == "mlx5_0"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 8 and c["resources"]["limits"]["rdma/ib"] == 2
     assert c["resources"]["limits"]["memory"] == "512Gi" and c["resources"]["requests"]["cpu"] == 32
-    assert c["securityContext"] == {"privileged": False, "capabilities": {"add": ["IPC_LOCK"]}}
+    assert c["securityContext"] == {
+        "privileged": False, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    }
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["output"]["persistentVolumeClaim"] == {"claimName": "out"}
     assert vols["data"]["persistentVolumeClaim"] == {"claimName": "data", "readOnly": True}
@@ -224,7 +226,7 @@ def test_tcp_transport_and_cpu_only_trainer() -> None:
                 for part in ("requests", "limits"):
                     assert "rdma/hca" not in res.get(part, {})
                     assert "nvidia.com/gpu" not in res.get(part, {})
-                assert "capabilities" not in c.get("securityContext", {})
+                assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
                 assert c["securityContext"]["privileged"] is False
     script = find(children, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert "--nproc-per-node 1" in script

@@ -13,6 +13,8 @@ from dspark_operator.builders.common import (
     config_volume,
     metadata,
     pod_scheduling,
+    pod_security_context,
+    security_context,
     selector_labels,
     with_hash,
     workload_labels,
@@ -49,7 +51,7 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
         ],
         "readinessProbe": {"tcpSocket": {"port": "rpc"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"tcpSocket": {"port": "rpc"}, "periodSeconds": 10, "failureThreshold": 6},
-        "securityContext": {"privileged": False, "allowPrivilegeEscalation": False},
+        "securityContext": security_context(rdma=False),
     }
     if resources:
         container["resources"] = resources
@@ -70,6 +72,7 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
                         "volumes": [config_vol],
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
+                        "securityContext": pod_security_context(),
                         **pod_scheduling(ctx),
                     },
                 },
