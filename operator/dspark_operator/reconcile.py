@@ -272,7 +272,7 @@ class Reconciler:
             await self._scale_down(existing)
         await self._delete_pods(namespace, decision.delete_pods)
         if decision.gang_restart:
-            self.metrics.gang_restarts.inc()
+            self.metrics.gang_restart(namespace, name)
         rv = await self._write_status(job, decision)
         for event in decision.events:
             self.events.post(body, event)
@@ -281,7 +281,7 @@ class Reconciler:
             self.metrics.set_phase(job.uid, None)
             return ReconcileOutcome(result=decision.result, requeue_after=None, phase=None, applied=applied)
         phase = decision.status.phase
-        self.metrics.set_phase(job.uid, str(phase) if phase else None)
+        self.metrics.set_phase(job.uid, str(phase) if phase else None, namespace=namespace, name=name)
         return ReconcileOutcome(
             result=decision.result,
             requeue_after=decision.requeue_after,

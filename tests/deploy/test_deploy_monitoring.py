@@ -298,6 +298,8 @@ def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
                 "dspark_operator_gang_restarts_total >= 1",
                 'dspark_operator_jobs{phase="Failed"} >= 1',
                 'dspark_operator_jobs{phase="Running"} >= 1',
+                'dspark_operator_job_info{dspark_job="invalid", phase="Failed"} == 1',
+                'dspark_operator_job_gang_restarts_total{dspark_job="runs"} >= 1',
                 '{__name__=~"sglang[:_]prompt_tokens_total"} > 0',
             ]
             return all(prom.query(expr) for expr in checks)
