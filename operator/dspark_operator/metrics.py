@@ -15,8 +15,9 @@ RESULTS = ("ok", "invalid", "failed", "error", "gone")
 
 
 class OperatorMetrics:
-    """dspark_operator_jobs{phase}, dspark_operator_job_info{dspark_namespace,dspark_job,phase} (1 per existing job; a deleted
-    job's series goes with it, so the cardinality is the number of jobs), dspark_operator_reconcile_total{result},
+    """dspark_operator_jobs{phase}, dspark_operator_job_info{dspark_namespace,dspark_job,phase} (1 per existing
+    job; a deleted job's series goes with it, so the cardinality is the number of jobs),
+    dspark_operator_reconcile_total{result},
     dspark_operator_reconcile_seconds, dspark_operator_gang_restarts_total and its per-job
     dspark_operator_job_gang_restarts_total{dspark_namespace,dspark_job}, plus process_* (resident memory, CPU)."""
 
@@ -43,7 +44,9 @@ class OperatorMetrics:
             ["dspark_namespace", "dspark_job", "phase"], registry=self.registry,
         )
         self.job_gang_restarts = Counter(
-            "dspark_operator_job_gang_restarts", "Gang restarts of one job's trainer pods.", ["dspark_namespace", "dspark_job"],
+            "dspark_operator_job_gang_restarts",
+            "Gang restarts of one job's trainer pods.",
+            ["dspark_namespace", "dspark_job"],
             registry=self.registry,
         )
         self._phases: dict[str, str] = {}
