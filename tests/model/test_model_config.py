@@ -126,7 +126,7 @@ def test_mask_token_for_a_tokenizer_that_fills_the_vocabulary() -> None:
     assert default_mask_token_id(llama_hf_config(), tokenizer=TokenizerInfo(size=49152, mask_token_id=3)) == 3
     # a free row after the tokenizer wins over special tokens
     assert default_mask_token_id({**llama_hf_config(), "vocab_size": 49160}, tokenizer=info) == 49152
-    with pytest.raises(ValueError, match="set draft.maskTokenId"):
+    with pytest.raises(ValueError, match=r"set draft\.maskTokenId"):
         default_mask_token_id(llama_hf_config(), tokenizer=TokenizerInfo(size=49152))
 
 

@@ -55,8 +55,8 @@ def test_llama_and_qwen2_tiny_targets_feed_a_draft(tmp_path: Path) -> None:
     import pytest
     import torch
     from dspark_trainer.config.draft import DraftOptions
-    from dspark_trainer.model.api import build_draft_model
     from dspark_trainer.model.anchors import sample_anchors
+    from dspark_trainer.model.api import build_draft_model
     from dspark_trainer.runtime.sources import select_target_hidden
     from dspark_trainer.testing.tiny_target import make_tiny_target
     from transformers import AutoModelForCausalLM
@@ -65,7 +65,8 @@ def test_llama_and_qwen2_tiny_targets_feed_a_draft(tmp_path: Path) -> None:
         target = make_tiny_target(tmp_path / arch, arch=arch, num_layers=6, tie_word_embeddings=tied)
         hf = AutoModelForCausalLM.from_pretrained(str(target))
         assert hf.config.model_type == arch
-        opts = DraftOptions(num_draft_layers=1, block_size=3, num_anchors=4, markov_rank=8, num_target_layers_captured=3)
+        opts = DraftOptions(num_draft_layers=1, block_size=3, num_anchors=4, markov_rank=8,
+                            num_target_layers_captured=3)
         model = build_draft_model(target, opts)
         assert model.config.mask_token_id == 504 and model.config.target_layer_ids == [1, 2, 3]
         # the frozen vocabulary weights are the target's (tied: the embedding is the LM head)

@@ -1,8 +1,9 @@
 """The resolved DSpark model configuration: the user's ``DraftOptions`` plus the target's sizes.
 
 ``resolve_model_config`` combines a target's Hugging Face ``config.json`` (a Qwen3, Qwen2/Qwen2.5 or
-Llama-family config; the draft is always a Qwen3-style stack with the target's sizes) with ``DraftOptions``; ``DSparkModelConfig.to_checkpoint_config`` / ``from_checkpoint_config`` convert to
-and from the ``config.json`` of an exported DSpark draft (DSPARK.md, "Checkpoint format").
+Llama-family config; the draft is always a Qwen3-style stack with the target's sizes) with ``DraftOptions``;
+``DSparkModelConfig.to_checkpoint_config`` / ``from_checkpoint_config`` convert to and from the ``config.json``
+of an exported DSpark draft (docs/model.md, "Export, import, inspection").
 """
 
 from __future__ import annotations
