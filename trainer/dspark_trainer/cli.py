@@ -14,6 +14,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a DSpark draft (torchrun entry point, or --local for the embedded pipeline)"),
     "capture-server": ("capture_server", "serve the reference hidden-state capture server"),
     "data": ("data", "prepare training data (regenerate responses with the target)"),
+    "eval": ("eval", "real speculative decoding of drafts with their target: tau, acceptance, speedup"),
+    "models": ("models", "assemble real target models from package parts (GGUF) into Hugging Face directories"),
 }
 
 

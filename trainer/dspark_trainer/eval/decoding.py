@@ -239,7 +239,7 @@ def speculative_generate(
         keep = torch.tensor([a + 1 for a in accepted], device=device)
         done = []
         for b in range(bsz):
-            kept, finished = rows.commit(b, drafts[b][: accepted[b]] + [nxt[b]])
+            kept, finished = rows.commit(b, [*drafts[b][: accepted[b]], nxt[b]])
             acc = min(accepted[b], kept)
             proposed = min(lens[b], kept) if finished and kept <= accepted[b] else lens[b]
             stats.add(proposed, acc, kept, None if prefix is None else prefix[b])
