@@ -42,7 +42,7 @@ class Proposal:
 def run_heads(model: DSparkDraftModel, hidden: torch.Tensor, first_prev: torch.Tensor, pick: Picker) -> Proposal:
     """The sequential part of a block: ``hidden [B, K, H]`` (final-normalised), ``first_prev [B]`` the anchor."""
     cfg = model.config
-    base = F.linear(hidden.float(), model.lm_head.weight.float())  # [B, K, V]
+    base = F.linear(hidden, model.lm_head.weight).float()  # [B, K, V], matmul in the draft dtype
     head = model.markov_head
     prev = first_prev
     state: torch.Tensor | None = None
@@ -59,7 +59,7 @@ def run_heads(model: DSparkDraftModel, hidden: torch.Tensor, first_prev: torch.T
                 state, feat = head.step(state, prev_emb, h_j)
             else:
                 feat = head.features(prev_emb.unsqueeze(-2), h_j.unsqueeze(-2)).squeeze(-2)
-            logit = logit + F.linear(feat.float(), head.markov_w2.weight.float())
+            logit = logit + F.linear(feat.to(hidden.dtype), head.markov_w2.weight).float()
         if model.confidence_head is not None:
             confs.append(model.confidence_head(h_j, prev_emb if cfg.confidence_head_with_markov else None).float())
         tok = pick(j, logit)

@@ -191,6 +191,9 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
 
 def load_prompts(prompt_set: str, num_prompts: int | None = None) -> list[Prompt]:
     """A built-in set by name, or a jsonl file path; the first ``num_prompts`` of it."""
+    if prompt_set not in BUILTIN_SETS and not Path(prompt_set).is_file():
+        raise PromptError(f"--prompt-set {prompt_set!r} is neither a built-in set ({', '.join(BUILTIN_SETS)}) nor a "
+                          "jsonl file")
     prompts = load_builtin(prompt_set) if prompt_set in BUILTIN_SETS else load_prompt_file(prompt_set)
     return prompts if num_prompts is None else prompts[:num_prompts]
 
