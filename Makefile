@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint venv system-deps cluster-bins cluster-up cluster-down clean help
+.PHONY: demo experiment test lint venv system-deps cluster-bins cluster-up cluster-down clean help
 
 help:
 	@echo "make demo          run the whole pipeline on this machine (embedded default)"
 	@echo "make test          install everything the tests need, lint, and run the tests"
 	@echo "make lint          ruff + mypy"
+	@echo "make experiment    DSpark vs DFlash on SmolLM2-135M (one GPU; docs/results.md)"
 	@echo "make cluster-up    start the local test Kubernetes control plane (kubeconfig in .cluster/)"
 	@echo "make cluster-down  stop it"
 
@@ -33,6 +34,10 @@ cluster-bins: venv
 
 demo: venv system-deps
 	$(VENV)/bin/dspark train --local
+
+experiment: venv
+	$(PY) -m pip install -q -e '.[trainer,eval]'
+	PATH=$(VENV)/bin:$$PATH scripts/run-experiment.sh .experiment
 
 test: venv system-deps cluster-bins lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -71,8 +71,8 @@ def test_unsupported_targets_are_refused() -> None:
     hf["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
     with pytest.raises(ValueError, match="yarn"):
         resolve_model_config(hf, DraftOptions(mask_token_id=5))
-    with pytest.raises(ValueError, match="Qwen3 target"):
-        resolve_model_config({**target_hf_config(), "model_type": "llama"}, DraftOptions(mask_token_id=5))
+    with pytest.raises(ValueError, match="model_type 'gemma3' is not supported"):
+        resolve_model_config({**target_hf_config(), "model_type": "gemma3"}, DraftOptions(mask_token_id=5))
     with pytest.raises(ValueError, match="does not fit"):
         resolve_model_config(target_hf_config(vocab=96), DraftOptions(mask_token_id=96))
 
@@ -84,6 +84,50 @@ def test_default_mask_token() -> None:
     assert default_mask_token_id({**qwen, "mask_token_id": 12}) == 12
     with pytest.raises(ValueError, match="maskTokenId"):
         default_mask_token_id(target_hf_config(vocab=96), tokenizer_len=96)
+
+
+def llama_hf_config() -> dict[str, object]:
+    """SmolLM2-135M-Instruct's shape: Llama, tied embeddings, no head_dim key, RoPE in rope_parameters."""
+    return {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30, "vocab_size": 49152,
+        "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+        "hidden_act": "silu", "max_position_embeddings": 8192, "tie_word_embeddings": True, "mlp_bias": False,
+        "attention_bias": False,
+    }
+
+
+def test_llama_and_qwen2_targets_resolve_to_a_qwen3_draft() -> None:
+    cfg = resolve_model_config(llama_hf_config(), DraftOptions(mask_token_id=16))
+    assert (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads) == (576, 64, 9, 3)
+    assert cfg.rope_theta == 100000.0 and cfg.target_layer_ids == [1, 8, 14, 20, 27]
+    exported = cfg.to_checkpoint_config()
+    assert exported["model_type"] == "qwen3" and exported["architectures"] == ["Qwen3DSparkModel"]
+    assert exported["tie_word_embeddings"] is False and exported["hidden_act"] == "silu"
+    qwen2 = {  # Qwen2.5-Coder-0.5B: no attention_bias key (q/k/v biases are implied), the draft has none
+        "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14,
+        "num_key_value_heads": 2, "num_hidden_layers": 24, "vocab_size": 151936, "rope_theta": 1e6,
+        "hidden_act": "silu", "tie_word_embeddings": True,
+    }
+    cfg2 = resolve_model_config(qwen2, DraftOptions(), tokenizer_len=151665)
+    assert cfg2.head_dim == 64 and not cfg2.attention_bias and cfg2.mask_token_id == 151665
+    assert cfg2.target_layer_ids == [1, 6, 11, 16, 21]
+
+
+def test_mask_token_for_a_tokenizer_that_fills_the_vocabulary() -> None:
+    from dspark_trainer.model.config import TokenizerInfo
+
+    specials = ((0, "<|endoftext|>"), (1, "<|im_start|>"), (2, "<|im_end|>"), (15, "<jupyter_script>"),
+                (16, "<empty_output>"))
+    info = TokenizerInfo(size=49152, special_tokens=specials, role_tokens=frozenset({"<|im_start|>", "<|im_end|>"}),
+                         chat_template="{{ '<|im_start|>' }}...{{ '<empty_output>' }}")
+    # the highest special token that is no role token and not in the chat template
+    assert default_mask_token_id(llama_hf_config(), tokenizer=info) == 15
+    assert default_mask_token_id(llama_hf_config(), tokenizer=TokenizerInfo(size=49152, mask_token_id=3)) == 3
+    # a free row after the tokenizer wins over special tokens
+    assert default_mask_token_id({**llama_hf_config(), "vocab_size": 49160}, tokenizer=info) == 49152
+    with pytest.raises(ValueError, match=r"set draft\.maskTokenId"):
+        default_mask_token_id(llama_hf_config(), tokenizer=TokenizerInfo(size=49152))
 
 
 def test_dflash_is_the_special_case() -> None:

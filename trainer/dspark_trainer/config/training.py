@@ -50,6 +50,28 @@ class DatasetConfig(ConfigModel):
         description="Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3.",
     )
     shuffle: bool = Field(True, description="Shuffle the training split with a seeded permutation per epoch.")
+    default_system_prompt: str | None = Field(
+        None,
+        description=(
+            "System message put first in conversations that have none (the DeepSpec reference adds 'You are a "
+            "helpful assistant.'). Default: none added (the chat template may still add its own)."
+        ),
+    )
+    empty_think_block: Literal["as_rendered", "supervised", "unsupervised"] = Field(
+        "as_rendered",
+        description=(
+            "Loss on an empty reasoning block (<think></think>) of an assistant turn. as_rendered: supervised when "
+            "the template renders it inside the turn, not when it belongs to the generation prompt (Qwen3 with "
+            "enable_thinking false). supervised: always (the DeepSpec reference). unsupervised: never."
+        ),
+    )
+    supervise_turn_end_whitespace: bool = Field(
+        False,
+        description=(
+            "Also supervise the whitespace the template writes after an assistant turn's end-of-turn token (the "
+            "newline after <|im_end|>; the DeepSpec reference does). Default: not supervised."
+        ),
+    )
 
 
 class OptimizerConfig(ConfigModel):
@@ -92,6 +114,15 @@ class ScheduleConfig(ConfigModel):
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run; overrides numEpochs.")
     num_epochs: float = Field(1.0, gt=0, description="Passes over the training split (when maxSteps is unset).")
     seed: int = Field(0, description="Seed for data order, anchor sampling and initialisation.")
+    loss_normalization: Literal["step", "micro_batch"] = Field(
+        "step",
+        description=(
+            "step: every term is sum(w * term) over one global denominator per optimizer step (all micro-batches and "
+            "ranks), so the gradient does not depend on how samples are split. micro_batch: the DeepSpec reference's "
+            "normalisation, each micro-batch's own denominator (summed over ranks) and the loss divided by the "
+            "number of micro-batches."
+        ),
+    )
 
 
 class CheckpointSettings(ConfigModel):

@@ -8,10 +8,17 @@ end-of-turn token). Templates that render history differently from the last turn
 empty reasoning block of earlier turns) fall back to locating the turn's content in the full
 text, plus the end-of-turn text that follows it. Trailing whitespace after the turn is not trained.
 A token is a loss token when its characters overlap an assistant span.
+
+Three options make the mask match other conventions (the DeepSpec reference supervises all three):
+``default_system_prompt`` puts a system message first when a conversation has none; ``empty_think_block``
+("as_rendered", "supervised", "unsupervised") extends the span back over an empty ``<think></think>`` block
+just before it (the generation prompt's) or cuts one at its start; ``supervise_turn_end_whitespace`` keeps the
+whitespace after the end-of-turn token in the span.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,10 @@ def _content_text(message: dict[str, Any]) -> str:
     return ""
 
 
+EMPTY_THINK_AT_START = re.compile(r"<think>\s*</think>\s*")
+EMPTY_THINK_AT_END = re.compile(r"<think>\s*</think>\s*$")
+
+
 class ChatTokenizer:
     """Turns OpenAI-style ``messages`` into ``(input_ids, loss_mask)``."""
 
@@ -56,7 +67,17 @@ class ChatTokenizer:
         max_length: int,
         chat_template: str | None = None,
         template_kwargs: dict[str, Any] | None = None,
+        *,
+        default_system_prompt: str | None = None,
+        empty_think_block: str = "as_rendered",
+        supervise_turn_end_whitespace: bool = False,
     ) -> None:
+        if empty_think_block not in ("as_rendered", "supervised", "unsupervised"):
+            raise ValueError(f"dataset.emptyThinkBlock: as_rendered, supervised or unsupervised, "
+                             f"got {empty_think_block!r}")
+        self.default_system_prompt = default_system_prompt
+        self.empty_think_block = empty_think_block
+        self.supervise_turn_end_whitespace = supervise_turn_end_whitespace
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.chat_template = load_chat_template(chat_template)
@@ -86,12 +107,31 @@ class ChatTokenizer:
             span = self._span_by_prefix(messages, i, full) or self._span_by_content(messages, i, full, search_from)
             if span is None:
                 continue
-            start, end = span
-            end = start + len(full[start:end].rstrip())
+            start, end = self._adjust(full, *span)
             if end > start:
                 spans.append((start, end))
                 search_from = end
         return full, spans
+
+    def _adjust(self, full: str, start: int, end: int) -> tuple[int, int]:
+        """Apply the empty-think-block and end-of-turn whitespace options to a span."""
+        if self.empty_think_block == "supervised":
+            before = EMPTY_THINK_AT_END.search(full, 0, start)
+            if before is not None:
+                start = before.start()
+        elif self.empty_think_block == "unsupervised":
+            at = EMPTY_THINK_AT_START.match(full, start, end)
+            if at is not None:
+                start = at.end()
+        if not self.supervise_turn_end_whitespace:
+            end = start + len(full[start:end].rstrip())
+        return start, end
+
+    def with_system_prompt(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` with the default system prompt first, when one is set and there is no system message."""
+        if self.default_system_prompt and (not messages or messages[0].get("role") != "system"):
+            return [{"role": "system", "content": self.default_system_prompt}, *messages]
+        return messages
 
     def _span_by_prefix(self, messages: list[dict[str, Any]], i: int, full: str) -> tuple[int, int] | None:
         if i == 0:
@@ -126,7 +166,7 @@ class ChatTokenizer:
 
     def encode(self, messages: list[dict[str, Any]]) -> EncodedConversation:
         """Token ids and loss mask, truncated to ``max_length``."""
-        text, spans = self.assistant_spans(messages)
+        text, spans = self.assistant_spans(self.with_system_prompt(messages))
         if getattr(self.tokenizer, "is_fast", False):
             enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             ids = list(enc["input_ids"])

@@ -1,7 +1,8 @@
-"""A tiny random Qwen3 target on disk, for tests and the local demo (no downloads).
+"""A tiny random target on disk, for tests and the local demo (no downloads).
 
 ``make_tiny_qwen3_target(path)`` writes a Hugging Face directory: ``config.json`` + ``model.safetensors``
-of a randomly initialised ``Qwen3ForCausalLM``, and a byte-level BPE ``PreTrainedTokenizerFast``
+of a randomly initialised ``Qwen3ForCausalLM`` (``make_tiny_target(path, arch="llama" | "qwen2")`` the same
+for a Llama or Qwen2 target), and a byte-level BPE ``PreTrainedTokenizerFast``
 (``tokenizer.json``, ``tokenizer_config.json`` with a Qwen3-style chat template). The tokenizer is
 trained on the bundled demo conversations, has the Qwen3 special tokens, and stops below the model's
 vocabulary size, so its length is a free id: the draft's default mask token (as 151669 is for Qwen3).
@@ -83,9 +84,13 @@ def make_tiny_tokenizer(vocab_size: int = 512) -> Any:
     return fast
 
 
-def make_tiny_qwen3_target(
+TARGET_ARCHS = ("qwen3", "qwen2", "llama")
+
+
+def make_tiny_target(
     path: str | Path,
     *,
+    arch: str = "qwen3",
     hidden_size: int = 64,
     num_layers: int = 8,
     vocab_size: int = 512,
@@ -96,35 +101,49 @@ def make_tiny_qwen3_target(
     tie_word_embeddings: bool = False,
     max_position_embeddings: int = 4096,
 ) -> Path:
-    """Write a tiny random Qwen3 target (model + tokenizer) to ``path`` and return it.
+    """Write a tiny random target (``arch``: qwen3, qwen2 or llama; model + tokenizer) to ``path``.
 
     ``head_dim = hidden_size // num_attention_heads``; ``intermediate_size`` defaults to ``2 * hidden_size``.
     The tokenizer has ``vocab_size - 8`` tokens, so ``len(tokenizer)`` is a free embedding row (the
     draft's default mask token id). Global RNG state is left untouched.
     """
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+    if arch not in TARGET_ARCHS:
+        raise ValueError(f"arch must be one of {TARGET_ARCHS}, got {arch!r}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer(vocab_size)
     tokenizer.save_pretrained(str(out))
-    cfg = Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        head_dim=hidden_size // num_attention_heads,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=tie_word_embeddings,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size or 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "tie_word_embeddings": tie_word_embeddings,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": None,
+    }
+    classes: dict[str, tuple[Any, Any]] = {
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }
+    config_cls, model_cls = classes[arch]
+    if arch != "qwen2":
+        common["head_dim"] = hidden_size // num_attention_heads
+    cfg = config_cls(**common)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(cfg)
+        model = model_cls(cfg)
     model.save_pretrained(str(out))
     return out
+
+
+def make_tiny_qwen3_target(path: str | Path, **kwargs: Any) -> Path:
+    """``make_tiny_target(path, arch="qwen3", ...)`` (same arguments otherwise)."""
+    return make_tiny_target(path, arch="qwen3", **kwargs)

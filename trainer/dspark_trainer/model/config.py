@@ -1,14 +1,16 @@
 """The resolved DSpark model configuration: the user's ``DraftOptions`` plus the target's sizes.
 
-``resolve_model_config`` combines a target's Hugging Face ``config.json`` (a Qwen3 config) with
-``DraftOptions``; ``DSparkModelConfig.to_checkpoint_config`` / ``from_checkpoint_config`` convert to
-and from the ``config.json`` of an exported DSpark draft (DSPARK.md, "Checkpoint format").
+``resolve_model_config`` combines a target's Hugging Face ``config.json`` (a Qwen3, Qwen2/Qwen2.5 or
+Llama-family config; the draft is always a Qwen3-style stack with the target's sizes) with ``DraftOptions``;
+``DSparkModelConfig.to_checkpoint_config`` / ``from_checkpoint_config`` convert to and from the ``config.json``
+of an exported DSpark draft (docs/model.md, "Export, import, inspection").
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dspark_trainer.config.draft import QWEN3_MASK_TOKEN_ID, DraftOptions, MarkovHeadType, check_target_layer_ids
 
 ARCHITECTURE = "Qwen3DSparkModel"
+
+# Target model types the draft can be built for. Only the target's sizes, RoPE base, embedding and LM head
+# are used: the draft never copies a target layer, so q/k norms or attention biases of the target do not matter.
+SUPPORTED_TARGET_TYPES = ("qwen3", "qwen2", "llama")
 
 # Keys the export writes (or removes) on top of the target's config; everything else is the target's.
 DSPARK_KEYS = (
@@ -293,19 +299,75 @@ def tokenizer_size(target_dir: str | Path) -> int | None:
     return max(ids) + 1 if ids else None
 
 
-def default_mask_token_id(target_config: dict[str, Any], tokenizer_len: int | None = None) -> int:
-    """The target's mask token id: its config's ``mask_token_id``, else the first id after the tokenizer's
-    vocabulary (Qwen3: 151669), which must be an embedding row that no text token uses."""
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What the mask-token rule reads from a target's tokenizer files."""
+
+    size: int | None = None  # 1 + the largest token id (vocabulary and added tokens)
+    mask_token_id: int | None = None  # the tokenizer's own mask token, if it declares one
+    special_tokens: tuple[tuple[int, str], ...] = ()  # added special tokens: (id, content), by id
+    role_tokens: frozenset[str] = frozenset()  # bos/eos/pad/unk contents (never used as the mask)
+    chat_template: str = ""
+
+
+def read_tokenizer_info(target_dir: str | Path) -> TokenizerInfo:
+    """``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` of ``target_dir`` (missing: empty)."""
+    root = Path(target_dir)
+    data: dict[str, Any] = {}
+    if (root / "tokenizer.json").is_file():
+        data = json.loads((root / "tokenizer.json").read_text())
+    tcfg: dict[str, Any] = {}
+    if (root / "tokenizer_config.json").is_file():
+        tcfg = json.loads((root / "tokenizer_config.json").read_text())
+    added = [(int(t["id"]), str(t["content"])) for t in data.get("added_tokens", []) if t.get("special")]
+
+    def content(value: Any) -> str | None:
+        return str(value.get("content")) if isinstance(value, dict) else (None if value is None else str(value))
+
+    roles = frozenset(c for c in (content(tcfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token"))
+                      if c)
+    mask_name = content(tcfg.get("mask_token"))
+    mask_id = next((i for i, c in added if mask_name is not None and c == mask_name), None)
+    template = tcfg.get("chat_template") or ""
+    if (root / "chat_template.jinja").is_file():
+        template = (root / "chat_template.jinja").read_text()
+    return TokenizerInfo(size=tokenizer_size(root), mask_token_id=mask_id, special_tokens=tuple(sorted(added)),
+                         role_tokens=roles, chat_template=str(template) if isinstance(template, str) else "")
+
+
+def default_mask_token_id(
+    target_config: dict[str, Any], tokenizer_len: int | None = None, tokenizer: TokenizerInfo | None = None
+) -> int:
+    """The draft's mask token id for a target, by the first rule that applies:
+
+    1. the target config's ``mask_token_id``;
+    2. the tokenizer's own mask token;
+    3. the first id after the tokenizer's vocabulary, when it is an embedding row no text token uses
+       (Qwen3: 151669; Qwen2.5: 151665 for a 151936-row embedding);
+    4. 151669 for a Qwen3 vocabulary;
+    5. when the tokenizer fills the embedding (Llama 3, SmolLM2): the added special token with the
+       highest id that is none of bos/eos/pad/unk and does not occur in the chat template (Llama 3:
+       ``<|reserved_special_token_247|>``, SmolLM2: ``<empty_output>``): a row chat text never uses.
+    """
     vocab_size = int(target_config["vocab_size"])
     if target_config.get("mask_token_id") is not None:
         return int(target_config["mask_token_id"])
+    if tokenizer is not None and tokenizer.mask_token_id is not None and tokenizer.mask_token_id < vocab_size:
+        return tokenizer.mask_token_id
+    if tokenizer_len is None and tokenizer is not None:
+        tokenizer_len = tokenizer.size
     if tokenizer_len is not None and tokenizer_len < vocab_size:
         return int(tokenizer_len)
     if target_config.get("model_type") == "qwen3" and vocab_size > QWEN3_MASK_TOKEN_ID:
         return QWEN3_MASK_TOKEN_ID
+    if tokenizer is not None:
+        unused = [i for i, c in tokenizer.special_tokens
+                  if i < vocab_size and c not in tokenizer.role_tokens and c not in tokenizer.chat_template]
+        if unused:
+            return unused[-1]
     raise ValueError(
-        "draft.maskTokenId: cannot derive a mask token id from the target (its config has no mask_token_id and "
-        f"its tokenizer fills the vocabulary of {vocab_size}); set draft.maskTokenId"
+        "draft.maskTokenId: cannot derive a mask token id from the target (its config has no mask_token_id, "
+        f"its tokenizer fills the vocabulary of {vocab_size} and has no unused special token); set draft.maskTokenId"
     )
 
 
@@ -315,11 +377,15 @@ def resolve_model_config(
     *,
     tokenizer_len: int | None = None,
     target_layer_ids: list[int] | None = None,
+    tokenizer: TokenizerInfo | None = None,
 ) -> DSparkModelConfig:
     """Combine the target's Hugging Face config with the draft options; raises ValueError with the field named."""
     model_type = target_config.get("model_type")
-    if model_type != "qwen3":
-        raise ValueError(f"target: model_type {model_type!r} is not supported; the DSpark draft needs a Qwen3 target")
+    if model_type not in SUPPORTED_TARGET_TYPES:
+        raise ValueError(
+            f"target: model_type {model_type!r} is not supported; the DSpark draft needs a "
+            f"{', '.join(SUPPORTED_TARGET_TYPES)} target"
+        )
     sizes = _backbone_sizes(target_config)
     num_layers = int(target_config["num_hidden_layers"])
     if target_layer_ids is not None:
@@ -329,7 +395,7 @@ def resolve_model_config(
         ids = options.resolve_target_layer_ids(num_layers)
     mask = options.mask_token_id
     if mask is None:
-        mask = default_mask_token_id(target_config, tokenizer_len)
+        mask = default_mask_token_id(target_config, tokenizer_len, tokenizer)
     base = {k: v for k, v in target_config.items() if k not in DSPARK_KEYS and k not in DROPPED_TARGET_KEYS}
     return DSparkModelConfig(
         **sizes,
@@ -354,8 +420,9 @@ def resolve_model_config(
 def resolve_model_config_from_dir(
     target_dir: str | Path, options: DraftOptions, *, target_layer_ids: list[int] | None = None
 ) -> DSparkModelConfig:
-    """``resolve_model_config`` for a target directory (its config.json and, for the mask id, tokenizer.json)."""
+    """``resolve_model_config`` for a target directory (its config.json and, for the mask id, its tokenizer files)."""
+    info = read_tokenizer_info(target_dir)
     return resolve_model_config(
-        read_target_config(target_dir), options, tokenizer_len=tokenizer_size(target_dir),
-        target_layer_ids=target_layer_ids,
+        read_target_config(target_dir), options, tokenizer_len=info.size, target_layer_ids=target_layer_ids,
+        tokenizer=info,
     )

@@ -49,11 +49,15 @@ def load_chat_tokenizer(config: JobConfig) -> ChatTokenizer:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"target.model: cannot load the tokenizer of {config.target.model}: {exc}") from None
     try:
+        ds = config.dataset
         return ChatTokenizer(
             tokenizer,
-            max_length=config.dataset.max_length,
-            chat_template=config.dataset.chat_template,
-            template_kwargs=config.dataset.chat_template_kwargs,
+            max_length=ds.max_length,
+            chat_template=ds.chat_template,
+            template_kwargs=ds.chat_template_kwargs,
+            default_system_prompt=ds.default_system_prompt,
+            empty_think_block=ds.empty_think_block,
+            supervise_turn_end_whitespace=ds.supervise_turn_end_whitespace,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

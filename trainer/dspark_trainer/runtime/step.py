@@ -8,6 +8,11 @@
    (the micro-batches before it accumulate unsharded fp32 gradients); with
    ``runtime.reduceGradientsEveryMicroBatch`` every micro-batch gathers, reduces and reshards (least memory).
 3. Gradients are clipped, the optimizer and the schedule step, and the statistics are all-reduced.
+
+``schedule.lossNormalization: micro_batch`` instead normalises like the DeepSpec reference: each micro-batch's
+weighted sum is divided by that micro-batch's own denominator (summed over ranks) and by the number of
+micro-batches of the step (``loss / accumulation_steps``), so micro-batches with few supervised positions
+weigh as much as full ones.
 """
 
 from __future__ import annotations
@@ -61,6 +66,24 @@ def global_denominator(api: DraftAPI, prepared: Sequence[object], device: torch.
     return all_reduce_sum(local)[0]
 
 
+def micro_batch_denominators(
+    api: DraftAPI, prepared: Sequence[object], device: torch.device, mode: str
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(denominator of each micro-batch's loss, the step's global denominator)``, both float64 on ``device``.
+
+    ``step``: every micro-batch uses the global one (sum over micro-batches and ranks). ``micro_batch``: micro-batch
+    ``i`` uses its own sum over ranks times the number of micro-batches (one all-reduce of the vector)."""
+    local = torch.stack([api.denominator(p).detach().to(device=device, dtype=torch.float64).reshape(())
+                         for p in prepared]) if prepared else torch.zeros(0, dtype=torch.float64, device=device)
+    per = all_reduce_sum(local) if len(prepared) else local
+    total = per.sum()
+    if mode == "step":
+        return [total for _ in prepared], total
+    if mode != "micro_batch":
+        raise ValueError(f"schedule.lossNormalization must be step or micro_batch, got {mode!r}")
+    return [d * len(prepared) for d in per], total
+
+
 def begin_accumulation(model: torch.nn.Module) -> None:
     """FSDP2 for a step's micro-batches before the last: no gradient reduction (unsharded gradients
     accumulate in fp32), and the parameters, once gathered by the first forward, stay unsharded through
@@ -102,14 +125,14 @@ def train_step(
     world_size: int,
     grad_clip: float,
     defer_gradient_sync: bool = False,
+    loss_normalization: str = "step",
 ) -> StepResult:
     """``defer_gradient_sync``: gather the parameters once and reduce the gradients once per step (see
-    ``begin_accumulation``) instead of once per micro-batch."""
+    ``begin_accumulation``) instead of once per micro-batch. ``loss_normalization``: see the module docstring."""
     model.train()
     lr = float(optimizer.param_groups[0]["lr"])
     prepared = [api.prepare(model, mb) for mb in micro_batches]
-    denom = global_denominator(api, prepared, device)
-    denom_for_loss = denom.clamp(min=MIN_DENOMINATOR).to(torch.float32)
+    denoms, denom = micro_batch_denominators(api, prepared, device, loss_normalization)
     totals: dict[str, torch.Tensor] = {}
     if defer_gradient_sync:
         begin_accumulation(model)
@@ -117,6 +140,7 @@ def train_step(
         for i, p in enumerate(prepared):
             if defer_gradient_sync and i == len(prepared) - 1:
                 last_micro_batch(model)
+            denom_for_loss = denoms[i].clamp(min=MIN_DENOMINATOR).to(torch.float32)
             loss, stats = api.loss_and_stats(model, p, denom_for_loss, world_size)
             loss.backward()
             add_stats(totals, stats)

@@ -233,6 +233,7 @@ class TrainingRun:
             self.model, self.api, self.optimizer, self.scheduler, batches,
             device=self.ctx.device, world_size=self.ctx.world_size, grad_clip=self.config.optimizer.grad_clip,
             defer_gradient_sync=not self.config.runtime.reduce_gradients_every_micro_batch,
+            loss_normalization=self.config.schedule.loss_normalization,
         )
         self.step += 1
         self.cursor = captured[-1].sample.next_position
