@@ -133,6 +133,12 @@ class LocalRun:
         cfg["schedule"] = {**cfg.get("schedule", {}), "numEpochs": 6}  # long enough to be scraped while alive
         cfg["eval"] = {**cfg.get("eval", {}), "intervalSteps": 3, "maxSamples": 4}
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # After training, real speculative decoding of the export; Prometheus scrapes it before the trainer exits.
+        prompts = self.workdir / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Tell me a story about the number {i}."}) + "\n"
+                                   for i in range(4)))
+        cfg["evaluation"] = {"promptSet": str(prompts), "numPrompts": 4, "maxNewTokens": 16}
+        cfg["metrics"] = {**cfg.get("metrics", {}), "finalScrapeTimeoutSeconds": 60}
         config = self.workdir / "monitoring-test.yaml"
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         dspark = Path(sys.executable).with_name("dspark")
@@ -293,6 +299,7 @@ def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
             checks = [
                 f'dspark_train_step{{dspark_job="{JOB}"}} >= 4',
                 f'dspark_eval_tau{{dspark_job="{JOB}"}}',
+                f'dspark_eval_spec_tau{{dspark_job="{JOB}"}}',  # the evaluation after training
                 f'dspark_capture_requests_total{{dspark_job="{JOB}"}} > 0',
                 f'master_total_capacity_bytes{{dspark_job="{JOB}"}} > 0',
                 "dspark_operator_gang_restarts_total >= 1",

@@ -75,6 +75,11 @@ def write_dataset(path: Path, count: int = 48) -> None:
             ]}) + "\n")
 
 
+def write_prompts(path: Path, count: int = 4) -> None:
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {CONVERSATION_TOPICS[i]}."}) + "\n"
+                            for i in range(count)))
+
+
 def job_manifest(name: str, metrics_port: int, inference_port: int) -> dict[str, Any]:
     small = {"requests": {"cpu": "100m", "memory": "256Mi"}}
     return {
@@ -100,7 +105,9 @@ def job_manifest(name: str, metrics_port: int, inference_port: int) -> dict[str,
                           "masterResources": small},
             "runPolicy": {"backoffLimit": 2},
             "scheduling": {"nodeSelector": {NODE_LABEL: "true"}},
-            "metrics": {"port": metrics_port},
+            "metrics": {"port": metrics_port, "interval": "5s"},
+            # After training: real speculative decoding of the export with the target, into the status.
+            "evaluation": {"promptSet": "/data/prompts.jsonl", "numPrompts": 4, "maxNewTokens": 24},
         },
     }
 
@@ -160,6 +167,7 @@ def run_job(env: OperatorEnv, kubelet: ProcessKubelet, ns: str, name: str, metri
     env.bound_claims(ns, claims)
     make_tiny_qwen3_target(Path(f"/tmp/{ns}-models") / "tiny", hidden_size=64, num_layers=6, vocab_size=512)
     write_dataset(Path(f"/tmp/{ns}-data") / "train.jsonl")
+    write_prompts(Path(f"/tmp/{ns}-data") / "prompts.jsonl")
     env.apply(ns, job_manifest(name, metrics_port, free_port()))
     watch = Watch(env, ns, name)
     killed: dict[str, Any] = {}
@@ -199,10 +207,16 @@ def test_applied_job_trains_end_to_end_and_survives_a_trainer_kill(
     assert progress_1["loss"] > 0 and 1.0 <= progress_1["tau"] <= 1 + 4  # 1 + block size
     assert len(progress_1["acceptRate"]) == 4 and all(0 <= a <= 1 for a in progress_1["acceptRate"])
     assert base["status"].get("restarts", 0) == 0
+    evaluation = progress_1["evaluation"]  # measured by real speculative decoding after training
+    assert "message" not in evaluation, evaluation
+    assert evaluation["promptSet"] == "/data/prompts.jsonl" and evaluation["numPrompts"] == 4
+    assert 1.0 <= evaluation["tau"] <= 1 + 4 and len(evaluation["acceptRate"]) == 4 and evaluation["speedup"] > 0
     assert base["status"]["draftPath"] == "/output/draft"
     assert (base["draft"] / "config.json").is_file() and (base["draft"] / "model.safetensors").is_file()
     print(f"\nrun without kill: {base['report']}; step {progress_1['step']}, samples {progress_1['samples']}, "
-          f"loss {progress_1['loss']:.4f}, tau {progress_1['tau']:.3f}, acceptRate {progress_1['acceptRate']}")
+          f"loss {progress_1['loss']:.4f}, tau {progress_1['tau']:.3f}, acceptRate {progress_1['acceptRate']}; "
+          f"real decoding: tau {evaluation['tau']:.3f}, acceptance {evaluation['acceptRate']}, "
+          f"speedup {evaluation['speedup']:.2f}x")
 
     # --- run 2: the trainer pod's processes are killed mid-run -------------------------------------
     ns2 = k8s_cluster.create_namespace(f"e2e-kill-{ns[-6:]}")
@@ -232,3 +246,5 @@ def test_applied_job_trains_end_to_end_and_survives_a_trainer_kill(
     assert series and float(series[0]["value"][1]) > 0, series
     loss = prometheus.query('max_over_time(dspark_train_loss{dspark_job="e2e",term="total"}[30m])')
     assert loss, prometheus.series_names()
+    real_tau = prometheus.query('max_over_time(dspark_eval_spec_tau{dspark_job="e2e"}[30m])')
+    assert real_tau and math.isclose(float(real_tau[0]["value"][1]), evaluation["tau"], rel_tol=1e-6), real_tau

@@ -8,6 +8,7 @@ it with `dspark_trainer.config.load_job_config`.
 from __future__ import annotations
 
 import posixpath
+import re
 
 import yaml
 from dspark_trainer.config import (
@@ -76,9 +77,23 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
             metadata_server=f"http://{mooncake_host}:{MOONCAKE_METADATA_PORT}/metadata",
             master_metrics_port=MOONCAKE_METRICS_PORT,
         ),
-        metrics=MetricsConfig(enabled=spec.metrics.enabled, port=spec.metrics.port),
+        metrics=MetricsConfig(
+            enabled=spec.metrics.enabled,
+            port=spec.metrics.port,
+            # Prometheus scrapes the final values (e.g. the evaluation's) before the pods are scaled down.
+            final_scrape_timeout_seconds=2 * duration_seconds(spec.metrics.interval) if spec.metrics.enabled else 0,
+        ),
         output_dir=draft_output_path(spec),
     )
+
+
+_DURATION_PART = re.compile(r"([0-9]+)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration_seconds(text: str) -> float:
+    """A Prometheus duration (`30s`, `1m30s`, `0`) in seconds."""
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def draft_output_path(spec: DSparkTrainingJobSpec) -> str:

@@ -203,6 +203,16 @@ class MetricsConfig(ConfigModel):
     status_interval_seconds: float = Field(
         10.0, gt=0, description="Minimum seconds between status.progress patches to the job."
     )
+    final_scrape_timeout_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description=(
+            "After training (and the evaluation), wait up to this long for one more scrape of /metrics before "
+            "reporting Completed, so Prometheus records the final values before the pods go. 0: do not wait. "
+            "The operator sets twice spec.metrics.interval when it creates a PodMonitor."
+        ),
+    )
 
 
 class RuntimeConfig(ConfigModel):

@@ -19,6 +19,8 @@ class MetricsServer:
     ) -> None:
         self.registry = registry
         self.progress = progress
+        self._scraped = threading.Condition()
+        self.scrapes = 0  # /metrics requests answered
 
         server = self
 
@@ -27,6 +29,9 @@ class MetricsServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                    with server._scraped:
+                        server.scrapes += 1
+                        server._scraped.notify_all()
                 elif path == "/progress":
                     body = json.dumps(server.progress(), default=str).encode()
                     self._send(200, "application/json", body)
@@ -49,6 +54,12 @@ class MetricsServer:
         self._httpd.daemon_threads = True
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
+
+    def wait_for_scrape(self, timeout: float) -> bool:
+        """Wait until /metrics is fetched once more (Prometheus has the current values); False on timeout."""
+        with self._scraped:
+            seen = self.scrapes
+            return self._scraped.wait_for(lambda: self.scrapes > seen, timeout=timeout)
 
     def start(self) -> MetricsServer:
         self._thread.start()

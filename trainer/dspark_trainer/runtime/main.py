@@ -116,11 +116,26 @@ def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:
                 outcome = training.run()
                 if outcome == "completed":
                     out = training.export()
-                    board.update(state="Completed", draft_path=str(out), message="draft exported")
+                    # With an evaluation to run, the job is not complete before its result is in the status.
+                    done = "Completed" if config.evaluation is None else "Running"
+                    board.update(state=done, draft_path=str(out), message="draft exported")
                     metrics.completed.set(1)
             finally:
                 training.close()
             shutdown_distributed(together=True)
+            if rank == 0 and outcome == "completed" and config.evaluation is not None:
+                from dspark_trainer.runtime.final_eval import evaluate_export
+
+                board.update(message="evaluating the draft by speculative decoding")
+                if status is not None:
+                    status.report(board.status_fields(), force=True)
+                result = evaluate_export(config, str(board.snapshot().draft_path or config.output_dir),
+                                         metrics.registry)
+                board.update(state="Completed", evaluation=result, message="draft exported and evaluated")
+        final_wait = config.metrics.final_scrape_timeout_seconds
+        if outcome == "completed" and server is not None and final_wait > 0 and not server.wait_for_scrape(final_wait):
+            log.warning("no scrape of /metrics in %.0fs after training: Prometheus may miss the final values",
+                        final_wait)
         if status is not None:
             fields = board.status_fields()
             if outcome == "completed":

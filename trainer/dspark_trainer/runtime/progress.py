@@ -14,6 +14,7 @@ from typing import Any
 STATUS_FIELDS = (
     "state", "step", "total", "epoch", "samples", "loss", "tau", "accept_rate", "throughput",
     "tokens_per_second", "last_checkpoint", "last_checkpoint_step", "checkpoint_ack", "draft_path", "message",
+    "evaluation",
 )
 
 
@@ -45,6 +46,7 @@ class Progress:
     draft_path: str | None = None
     message: str | None = None
     eval: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None  # speculative decoding of the export (the job's `evaluation:`)
     world_size: int = 1
     started_time: float = field(default_factory=time.time)
     updated_time: float = field(default_factory=time.time)
