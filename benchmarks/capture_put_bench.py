@@ -94,7 +94,7 @@ def main() -> int:
                 # back to back: N synchronous puts vs N submits and a flush. A first pass touches the segment's
                 # fresh pages (first-touch page faults would otherwise bias whichever variant runs first); then
                 # the two alternate and the best of --stream-rounds is kept.
-                def sync_pass(tag: str) -> float:
+                def sync_pass(tag: str, fields: dict[str, Any] = fields) -> float:
                     bases = [make_base_key(f"{tag}-{i}") for i in range(args.stream)]
                     t0 = time.perf_counter()
                     for b in bases:
@@ -103,7 +103,7 @@ def main() -> int:
                     transport.delete_records(bases)
                     return took
 
-                def async_pass(tag: str) -> tuple[float, float]:
+                def async_pass(tag: str, fields: dict[str, Any] = fields) -> tuple[float, float]:
                     bases = [make_base_key(f"{tag}-{i}") for i in range(args.stream)]
                     t0 = time.perf_counter()
                     for b in bases:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from dspark_trainer.config.draft import DraftOptions
-from dspark_trainer.model.layout import dropped_rows, query_rows, samples_from_anchor
 from dspark_trainer.model.layers import rotary_cos_sin
+from dspark_trainer.model.layout import dropped_rows, query_rows, samples_from_anchor
 from dspark_trainer.model.masks import DraftAttentionMask
 from model_helpers import make_batch, make_model, tiny_config
 

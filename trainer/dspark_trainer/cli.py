@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "capture-server": ("capture_server", "serve a job's capture engine (SGLang or reference), or a standalone one"),
     "mooncake-master": ("mooncake_master", "run a job's Mooncake master (ports from the job config)"),
     "data": ("data", "prepare training data (regenerate responses with the target)"),
+    "export": ("export", "write an exported draft again for serving (dtype, with or without the frozen weights)"),
 }
 
 

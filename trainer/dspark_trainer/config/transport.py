@@ -108,7 +108,9 @@ class TransportConfig(TransportSettings):
     write_queue_bytes: int = Field(
         2 * GIB,
         ge=16 * MIB,
-        description="SGLang capture: bytes of records waiting for the asynchronous writer (held in host memory), at most.",
+        description=(
+            "SGLang capture: bytes of records waiting for the asynchronous writer (held in host memory), at most."
+        ),
     )
     write_block_seconds: float = Field(
         5.0,
