@@ -25,6 +25,7 @@ from dspark_trainer.config import (
     DatasetConfig,
     DraftOptions,
     EvalConfig,
+    ExportConfig,
     InferenceConfig,
     OptimizerConfig,
     ScheduleConfig,
@@ -337,6 +338,10 @@ class TrainerSpec(ConfigModel):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Periodic evaluation on the held-out split.")
     capture: CaptureSpec = Field(default_factory=CaptureSpec, description="Hidden-state requests to inference.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output volume for checkpoints and the draft.")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="Dtype of the exported draft and whether it includes the target's embedding and LM head.",
+    )
     termination_grace_period_seconds: int = Field(
         300, ge=0, le=86400, description="Seconds a trainer pod gets after SIGTERM to write a checkpoint."
     )

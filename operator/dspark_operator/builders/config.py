@@ -77,6 +77,7 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
         ),
         metrics=MetricsConfig(enabled=spec.metrics.enabled, port=spec.metrics.port),
         output_dir=draft_output_path(spec),
+        export=spec.trainer.export,
     )
 
 
