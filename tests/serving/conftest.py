@@ -31,6 +31,12 @@ def sglang_src() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sglang_site() -> Path:
+    """SGLang's parser packages (msgspec, ...), installed beside the unpacked wheel."""
+    return _fetch("sglang's parser packages", lambda v: sglang_source.sglang_parser_path(v)[1], SGLANG_VERSION)
+
+
+@pytest.fixture(scope="session")
 def vllm_src() -> Path:
     return _fetch("vllm", vllm_source, VLLM_VERSION)
 

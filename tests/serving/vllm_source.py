@@ -20,6 +20,7 @@ FILES = (
     "vllm/model_executor/models/utils.py",
     "vllm/model_executor/models/interfaces.py",
     "vllm/config/speculative.py",
+    "vllm/engine/arg_utils.py",
     "vllm/v1/worker/gpu/spec_decode/speculator_config.py",
     "vllm/v1/worker/gpu/spec_decode/dspark/config.py",
     "vllm/v1/worker/gpu/spec_decode/dspark/utils.py",
