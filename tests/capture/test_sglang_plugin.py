@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import shutil
 import sys
+import threading
 import tomllib
 import types
 from collections.abc import Iterator
@@ -221,6 +222,81 @@ def test_hook_writes_reference_format_records_and_leaves_other_requests_alone(
     finally:
         pool.close()
         reader.close()
+
+
+class _GatedPut:
+    """Wraps MooncakeTransport.put_records so writes wait for ``gate`` (the scheduler must not)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        original = MooncakeTransport.put_records
+
+        def put(transport: MooncakeTransport, records: Any) -> Any:
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+            return original(transport, records)
+
+        monkeypatch.setattr(MooncakeTransport, "put_records", put)
+
+
+def _failures(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("dspark_capture_failures_total", {"reason": reason}) or 0.0
+
+
+@pytest.mark.mooncake
+def test_hook_queues_the_write_and_returns_before_the_store_has_the_record(
+    mooncake_master: MooncakeMaster, wrapped_processor: type[_Processor], plugin_capture: plugin._Capture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gated = _GatedPut(monkeypatch)
+    aux, last = torch.randn(5, 12).to(torch.bfloat16), torch.randn(5, 4).to(torch.bfloat16)
+    req = _Req(make_base_key("r2-0"), list(range(5)))
+    _run_batch(wrapped_processor(), [req], [5], _LogitsOutput(aux, last))  # returns with the put blocked
+    assert gated.entered.wait(30)
+    (info,) = req.customized_info[plugin.META_KEY]  # type: ignore[index]
+    assert info["write"] == "async" and info["key"] == req.rid
+    assert info["records"]["hidden"]["shape"] == [5, 12] and info["records"]["last_hidden"]["nbytes"] == 64 + 40
+    assert mooncake_master.key_count() == 0  # described, not written yet
+    gated.gate.set()
+    reader = MooncakeTransport(mooncake_master.transport_config(), segment_size=0, name="reader").connect()
+    pool = reader.new_buffer_pool()
+    try:  # the reader waits for the keys, as the trainer does
+        (rec,) = reader.get_records([RecordInfo.from_json(info)], pool)
+        assert torch.equal(rec.tensors["hidden"], aux) and torch.equal(rec.tensors["last_hidden"], last)
+        rec.release()
+        reader.delete_records([info["key"]])
+    finally:
+        pool.close()
+        reader.close()
+
+
+@pytest.mark.mooncake
+def test_a_full_write_queue_fails_the_capture_with_a_counted_reason(
+    mooncake_master: MooncakeMaster, wrapped_processor: type[_Processor], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gated = _GatedPut(monkeypatch)
+    cfg = mooncake_master.transport_config().model_copy(update={"write_queue_records": 1, "write_block_seconds": 0.1})
+    plugin.CAPTURE.configure(cfg)
+    try:
+        proc = wrapped_processor()
+        aux, last = torch.zeros(3, 12, dtype=torch.bfloat16), torch.zeros(3, 4, dtype=torch.bfloat16)
+        first, second = (_Req(make_base_key(f"r3-{i}"), [1, 2, 3]) for i in range(2))
+        _run_batch(proc, [first], [3], _LogitsOutput(aux, last))
+        assert gated.entered.wait(30)
+        before = _failures("writer_full")
+        _run_batch(proc, [second], [3], _LogitsOutput(aux, last))
+        (err,) = second.customized_info[plugin.META_KEY]  # type: ignore[index]
+        assert err["reason"] == "writer_full" and "does not keep up" in err["error"]
+        assert _failures("writer_full") == before + 1
+        gated.gate.set()
+        assert plugin.CAPTURE.flush(30)
+        assert mooncake_master.key_count() == 2  # the first record was written, nothing of the second
+    finally:
+        gated.gate.set()
+        plugin.CAPTURE.close()
 
 
 @pytest.mark.mooncake

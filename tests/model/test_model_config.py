@@ -40,7 +40,8 @@ def test_published_defaults() -> None:
         ({"target_layer_ids": [3, 3]}, "strictly increasing"),
         ({"target_layer_ids": [5, 2]}, "strictly increasing"),
         ({"target_layer_ids": [-2, 1]}, ">= -1"),
-        ({"markov_rank": 0}, "confidenceHeadWithMarkov"),
+        ({"markov_rank": 0}, "enableConfidenceHead.*DFLASH"),
+        ({"markov_rank": 0, "confidence_head_with_markov": False}, "enableConfidenceHead.*DFLASH"),
         ({"enable_confidence_head": False, "confidence_head_with_markov": False}, "confidenceAlpha"),
     ],
 )

@@ -144,7 +144,7 @@ def test_sglang_deployment() -> None:
     assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert c["startupProbe"]["httpGet"]["path"] == "/health_generate"
     assert c["readinessProbe"]["httpGet"]["path"] == "/health_generate"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/ping"  # SGLang's flag check (see test_inference_probes.py)
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]

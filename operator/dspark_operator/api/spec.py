@@ -26,6 +26,7 @@ from dspark_trainer.config import (
     DraftOptions,
     EvalConfig,
     EvaluationConfig,
+    ExportConfig,
     InferenceConfig,
     OptimizerConfig,
     ScheduleConfig,
@@ -338,6 +339,10 @@ class TrainerSpec(ConfigModel):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Periodic evaluation on the held-out split.")
     capture: CaptureSpec = Field(default_factory=CaptureSpec, description="Hidden-state requests to inference.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output volume for checkpoints and the draft.")
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="Dtype of the exported draft and whether it includes the target's embedding and LM head.",
+    )
     termination_grace_period_seconds: int = Field(
         300, ge=0, le=86400, description="Seconds a trainer pod gets after SIGTERM to write a checkpoint."
     )

@@ -84,6 +84,7 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
             final_scrape_timeout_seconds=2 * duration_seconds(spec.metrics.interval) if spec.metrics.enabled else 0,
         ),
         output_dir=draft_output_path(spec),
+        export=spec.trainer.export,
     )
 
 

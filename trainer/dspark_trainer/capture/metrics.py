@@ -10,6 +10,7 @@ FAILURE_REASONS = (
     "store_unavailable",
     "store_full",
     "store_error",
+    "writer_full",
     "internal",
 )
 
@@ -52,3 +53,20 @@ class CaptureMetrics:
         for reason in ("store_unavailable", "store_full", "record_not_found"):
             self.store_retries.labels(reason=reason)
         self.queue_depth = Gauge("dspark_capture_queue_depth", "Requests accepted and not answered yet.", registry=r)
+        # The SGLang plugin's asynchronous writer (the reference server writes before it answers).
+        self.write_queue_records = Gauge(
+            "dspark_capture_write_queue_records", "Records waiting for (or in) the asynchronous write.", registry=r
+        )
+        self.write_queue_bytes = Gauge(
+            "dspark_capture_write_queue_bytes", "Bytes of records waiting for (or in) the asynchronous write.",
+            registry=r,
+        )
+        self.write_wait_seconds = Histogram(
+            "dspark_capture_write_wait_seconds",
+            "Back-pressure: time a capture waited for room in the full write queue (one sample per wait).",
+            buckets=_SECONDS_BUCKETS, registry=r,
+        )
+        self.write_latency_seconds = Histogram(
+            "dspark_capture_write_latency_seconds", "Time from queueing a record to its write completing.",
+            buckets=_SECONDS_BUCKETS, registry=r,
+        )

@@ -31,12 +31,14 @@ and the final hidden state after the final norm (``LogitsProcessorOutput.last_hi
    host memory with SGLang's own ``async_d2h``, before the copy-done event is recorded, so the
    overlap scheduler's result processing can read it safely;
 2. (AROUND ``SchedulerBatchResultProcessor._append_prefill_hidden_states``) for requests whose
-   ``rid`` is a DSpark record key (``dspark/<minute>/<request_id>/<nonce>``), writes
-   ``{rid}/hidden`` and ``{rid}/last_hidden`` to Mooncake in the record format of
-   `dspark_trainer.transport.record` (the same bytes the reference server writes) instead of
-   turning them into Python lists, and puts the record description (or an error) into
-   ``req.customized_info["dspark_capture"]``, which SGLang returns as
-   ``meta_info["dspark_capture"]``. Other requests are untouched.
+   ``rid`` is a DSpark record key (``dspark/<minute>/<request_id>/<nonce>``), queues
+   ``{rid}/hidden`` and ``{rid}/last_hidden`` for the asynchronous Mooncake writer (a bounded queue
+   and a worker thread: the scheduler loop never waits for the store unless the queue is full) in
+   the record format of `dspark_trainer.transport.record` (the same bytes the reference server
+   writes) instead of turning them into Python lists, and puts the record description (or an
+   error) into ``req.customized_info["dspark_capture"]``, which SGLang returns as
+   ``meta_info["dspark_capture"]``. The description is complete before the write (keys, shapes,
+   dtypes); the reader waits for the keys. Other requests are untouched.
 
 The HTTP contract is a thin adapter over SGLang's ``/generate`` (the capture client speaks it
 when the job's ``inference.engine`` is ``sglang``)::
@@ -174,11 +176,18 @@ def load_transport_config() -> Any | None:
 
 # --------------------------------------------------------------------------- the writer
 class _Capture:
-    """Lazily connected Mooncake writer of one SGLang scheduler process."""
+    """Lazily connected Mooncake writer of one SGLang scheduler process.
+
+    ``write`` runs in SGLang's scheduler loop: it only describes the record and queues it for the
+    asynchronous writer (`dspark_trainer.transport.async_writer`), whose worker thread does the staging
+    copy and the Mooncake put. The description goes into the response at once; the trainer's reader
+    waits for the keys to appear (``transport.notFoundTimeoutSeconds``), as for any record.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._transport: Any = None
+        self._writer: Any = None
         self._janitor: Any = None
         self._metrics: Any = None
         self._config: Any = None
@@ -187,10 +196,12 @@ class _Capture:
     def configure(self, config: Any) -> None:
         self._config = config
 
-    def transport(self) -> Any:
+    def writer(self) -> Any:
+        """The process's AsyncRecordWriter (connecting to Mooncake on first use)."""
         with self._lock:
-            if self._transport is None:
+            if self._writer is None:
                 from dspark_trainer.capture.metrics import CaptureMetrics
+                from dspark_trainer.transport.async_writer import AsyncRecordWriter
                 from dspark_trainer.transport.janitor import RecordJanitor
                 from dspark_trainer.transport.mooncake_client import MooncakeTransport
 
@@ -199,7 +210,8 @@ class _Capture:
                 if self._config is None:
                     raise RuntimeError("the dspark capture plugin has no Mooncake configuration: set "
                                        "DSPARK_JOB_CONFIG to the job config (dspark capture-server does)")
-                transport = MooncakeTransport(self._config, name="sglang-capture").connect()
+                cfg = self._config
+                transport = MooncakeTransport(cfg, name="sglang-capture").connect()
                 if self._metrics is None:
                     try:
                         from prometheus_client import REGISTRY
@@ -207,45 +219,78 @@ class _Capture:
                         self._metrics = CaptureMetrics(REGISTRY)
                     except ValueError:  # already registered in this process
                         self._metrics = None
-                if self._metrics is not None:
-                    metrics = self._metrics
+                metrics = self._metrics
+                if metrics is not None:
                     transport.on_retry = lambda reason, _code: metrics.store_retries.labels(reason=reason).inc()
-                self._janitor = RecordJanitor(
-                    transport, self._config.key_ttl_seconds, self._config.janitor_interval_seconds
-                ).start()
+                self._janitor = RecordJanitor(transport, cfg.key_ttl_seconds, cfg.janitor_interval_seconds).start()
                 self._transport = transport
-            return self._transport
+                self._writer = AsyncRecordWriter(
+                    transport.put_records,
+                    max_records=cfg.write_queue_records,
+                    max_bytes=cfg.write_queue_bytes,
+                    block_seconds=cfg.write_block_seconds,
+                    on_done=self._written,
+                    on_wait=None if metrics is None else metrics.write_wait_seconds.observe,
+                    name="sglang-capture writer",
+                )
+            return self._writer
 
     def write(self, rid: str, aux: Any, last: Any, num_tokens: int) -> dict[str, Any]:
-        """Write one record; returns the description for meta_info (or {"error", "reason"})."""
+        """Queue one record; returns the description for meta_info (or {"error", "reason"})."""
         from dspark_trainer.transport.errors import TransportError
         from dspark_trainer.transport.record import parse_base_key
 
         t0 = time.perf_counter()
         try:
             _minute, request_id, _nonce = parse_base_key(rid)
-            (result,) = self.transport().put_records([(rid, {"hidden": aux, "last_hidden": last})])
+            pending = self.writer().submit(rid, {"hidden": aux, "last_hidden": last})
         except TransportError as exc:
             self._count_failure(exc.reason)
             return {"error": str(exc), "reason": exc.reason}
         except Exception as exc:
-            log.exception("dspark capture: writing %s failed", rid)
+            log.exception("dspark capture: queueing %s failed", rid)
             self._count_failure("internal")
             return {"error": f"{type(exc).__name__}: {exc}", "reason": "internal"}
-        info: dict[str, Any] = result.info.to_json()
-        info.update(request_id=request_id, num_tokens=num_tokens, hidden_size=int(last.shape[-1]),
-                    timings={"put_seconds": time.perf_counter() - t0})
         if self._metrics is not None:
             self._metrics.requests.inc()
-            self._metrics.records.inc()
-            self._metrics.tokens.inc(num_tokens)
-            self._metrics.bytes.inc(result.info.nbytes)
-            self._metrics.put_seconds.observe(result.seconds)
+            self._observe_queue()
+        info: dict[str, Any] = pending.info.to_json()
+        info.update(request_id=request_id, num_tokens=num_tokens, hidden_size=int(last.shape[-1]), write="async",
+                    timings={"submit_seconds": time.perf_counter() - t0})
         return info
 
+    def _written(self, pending: Any) -> None:
+        """The writer's completion callback (its worker thread): metrics."""
+        m = self._metrics
+        if m is None:
+            return
+        self._observe_queue()
+        if pending.error is not None:
+            m.failures.labels(reason=pending.error.reason).inc()
+            return
+        m.records.inc()
+        m.tokens.inc(pending.info.fields["last_hidden"].shape[0])
+        m.bytes.inc(pending.info.nbytes)
+        m.put_seconds.observe(pending.result.seconds)
+        m.write_latency_seconds.observe(time.perf_counter() - pending.submitted)
+
+    def _observe_queue(self) -> None:
+        writer, m = self._writer, self._metrics
+        if writer is not None and m is not None:
+            m.write_queue_records.set(writer.stats.queued_records)
+            m.write_queue_bytes.set(writer.stats.queued_bytes)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for every queued record to be written (tests, benchmarks)."""
+        writer = self._writer
+        return True if writer is None else bool(writer.flush(timeout))
+
     def close(self) -> None:
-        """Stop the janitor and disconnect (tests; SGLang processes just exit)."""
+        """Write what is queued, stop the janitor and disconnect (tests; SGLang processes just exit)."""
         with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
             if self._janitor is not None:
                 self._janitor.stop()
                 self._janitor = None

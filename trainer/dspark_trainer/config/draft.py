@@ -76,7 +76,8 @@ class DraftOptions(ConfigModel):
         None,
         description=(
             "Target layers whose outputs feed the draft, strictly increasing; -1 is the embedding "
-            "output. Default: evenly spaced from 1 to num_layers-3 of the target."
+            "output (captured by the reference engine only, served by vLLM only). Default: evenly spaced from 1 "
+            "to num_layers-3 of the target."
         ),
     )
     num_target_layers_captured: int = Field(
@@ -86,9 +87,13 @@ class DraftOptions(ConfigModel):
         None, ge=0, description="Token id used for the masked draft slots. Default: the target's (Qwen3: 151669)."
     )
     markov_head_type: MarkovHeadType = Field(
-        MarkovHeadType.VANILLA, description="Markov head kind: vanilla, gated or rnn."
+        MarkovHeadType.VANILLA,
+        description="Markov head kind: vanilla, gated or rnn (gated and rnn are served by SGLang only, not vLLM).",
     )
-    markov_rank: int = Field(256, ge=0, le=8192, description="Markov head rank r; 0 disables the head (DFlash).")
+    markov_rank: int = Field(
+        256, ge=0, le=8192,
+        description="Markov head rank r; 0 disables the head (a DFlash draft, exported for and served by DFLASH).",
+    )
     enable_confidence_head: bool = Field(True, description="Train the per-slot confidence head.")
     confidence_head_with_markov: bool = Field(
         True, description="Feed the Markov embedding of the previous token to the confidence head."
@@ -111,9 +116,10 @@ class DraftOptions(ConfigModel):
                 raise ValueError(f"draft.targetLayerIds: must be strictly increasing, got {ids}")
             if ids[0] < -1:
                 raise ValueError(f"draft.targetLayerIds: ids must be >= -1 (-1 is the embedding), got {ids}")
-        if self.markov_rank == 0 and self.confidence_head_with_markov and self.enable_confidence_head:
+        if self.markov_rank == 0 and self.enable_confidence_head:
             raise ValueError(
-                "draft.confidenceHeadWithMarkov: needs markovRank > 0; set it to false or give a markovRank"
+                "draft.enableConfidenceHead: a draft with markovRank 0 is served by DFLASH, which has no confidence "
+                "head; set enableConfidenceHead: false and confidenceAlpha: 0, or give a markovRank"
             )
         if self.ce_alpha + self.l1_alpha + self.confidence_alpha <= 0:
             raise ValueError("draft: at least one of ceAlpha, l1Alpha, confidenceAlpha must be > 0")

@@ -33,6 +33,7 @@ from dspark_trainer.config.training import (
     DatasetConfig,
     EvalConfig,
     EvaluationConfig,
+    ExportConfig,
     MetricsConfig,
     OptimizerConfig,
     RuntimeConfig,
@@ -154,6 +155,7 @@ class JobConfig(ConfigModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output_dir: str = Field("/output/draft", description="Where the exported draft checkpoint is written.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Dtype and contents of the exported draft.")
 
     @model_validator(mode="after")
     def _check_run(self) -> JobConfig:
@@ -162,6 +164,13 @@ class JobConfig(ConfigModel):
             raise ValueError(
                 f"schedule.globalBatchSize ({sched.global_batch_size}) must be a multiple of "
                 f"schedule.microBatchSize ({sched.micro_batch_size})"
+            )
+        ids = self.draft.target_layer_ids or []
+        if self.inference.engine == InferenceEngine.SGLANG and any(i < 0 for i in ids):
+            raise ValueError(
+                f"draft.targetLayerIds {ids}: SGLang cannot capture the embedding output (-1), nor serve a draft "
+                "that reads it; use layer ids >= 0, or inference.engine: reference (the draft is then served by "
+                "vLLM only)"
             )
         return self
 

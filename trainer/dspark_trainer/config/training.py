@@ -138,6 +138,25 @@ class CheckpointConfig(CheckpointSettings):
     dir: str = Field("/output/checkpoints", description="Directory for distributed checkpoints.")
 
 
+class ExportConfig(ConfigModel):
+    """How the trainer writes the final draft (the serving checkpoint; see docs/model.md)."""
+
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16",
+        description=(
+            "Dtype of the exported weights (the confidence head stays float32). A float32 export would be "
+            "served as float16 by SGLang's --dtype auto."
+        ),
+    )
+    include_frozen_weights: bool = Field(
+        False,
+        description=(
+            "Also write the target's embedding and LM head (2 x vocab x hidden values; SGLang and vLLM take them "
+            "from the target, so only engines that read them from the draft need this)."
+        ),
+    )
+
+
 class EvalConfig(ConfigModel):
     """Periodic evaluation on the held-out split."""
 

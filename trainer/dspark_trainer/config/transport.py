@@ -102,6 +102,24 @@ class TransportConfig(TransportSettings):
     not_found_timeout_seconds: float = Field(
         5.0, ge=0, description="How long a read retries a key that is not there yet before it counts as lost."
     )
+    write_queue_records: int = Field(
+        64, ge=1, le=65536, description="SGLang capture: records waiting for the asynchronous writer, at most."
+    )
+    write_queue_bytes: int = Field(
+        2 * GIB,
+        ge=16 * MIB,
+        description=(
+            "SGLang capture: bytes of records waiting for the asynchronous writer (held in host memory), at most."
+        ),
+    )
+    write_block_seconds: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "SGLang capture: how long a capture waits in the scheduler for room in a full write queue before it "
+            "fails with reason writer_full (keep it below SGLang's 20 s health-check timeout)."
+        ),
+    )
     retry_initial_seconds: float = Field(0.05, gt=0, description="First back-off between retries.")
     retry_max_seconds: float = Field(2.0, gt=0, description="Longest back-off between retries.")
     janitor_interval_seconds: float = Field(

@@ -546,7 +546,7 @@ class CaptureClient:
             raise CaptureError(f"{url}: meta_info.{SGLANG_META_KEY} is not an object: {info!r}")
         if "error" in info:
             reason = str(info.get("reason", "store_error"))
-            if reason in ("store_unavailable", "store_full", "store_error"):
+            if reason in ("store_unavailable", "store_full", "store_error", "writer_full"):
                 raise _Retry(reason, f"{url}: the plugin could not write the record: {info['error']}", 1.0)
             raise CaptureError(f"{url}: the SGLang capture plugin failed: {info['error']}")
         try:

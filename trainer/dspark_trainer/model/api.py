@@ -27,7 +27,12 @@ import torch
 from dspark_trainer.config.draft import DraftOptions
 from dspark_trainer.loss.dspark_loss import LossWeights
 from dspark_trainer.loss.metrics import DSparkMetrics, summarize
-from dspark_trainer.model.checkpoint import export_checkpoint, import_checkpoint, read_checkpoint_config
+from dspark_trainer.model.checkpoint import (
+    export_checkpoint,
+    has_frozen_weights,
+    import_checkpoint,
+    read_checkpoint_config,
+)
 from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config_from_dir
 from dspark_trainer.model.draft import DraftOutput, DSparkDraftModel
 from dspark_trainer.model.masks import AttentionBackend
@@ -94,15 +99,29 @@ def load_draft(
     dtype: torch.dtype | None = None,
     attention_backend: AttentionBackend = "auto",
     loss_chunk_size: int | None = 1024,
+    target_dir: str | Path | None = None,
 ) -> DSparkDraftModel:
-    """A draft from a DSpark checkpoint directory, in the stored dtype (bit-identical weights) unless ``dtype``."""
+    """A draft from a checkpoint directory (DSPARK or DFLASH format), in the stored dtypes (bit-identical
+    weights) unless ``dtype``. An export without the frozen embedding / LM head needs ``target_dir`` (the
+    target model directory) to take them from, as the serving engines do."""
     cfg, state = import_checkpoint(path)
+    if not has_frozen_weights(state):
+        if target_dir is None:
+            raise ValueError(
+                f"{path} was exported without the frozen embedding and LM head (the serving engines take them from "
+                "the target): pass target_dir=<the target model directory> to load it"
+            )
+        like = state["fc.weight"].dtype
+        embed, head = load_vocab_weights(target_dir, dtype=torch.float32)
+        state = {**state, "embed_tokens.weight": embed.to(like), "lm_head.weight": head.to(like)}
     model = DSparkDraftModel(cfg, attention_backend=attention_backend, loss_chunk_size=loss_chunk_size)
     stored = {t.dtype for t in state.values()}
     if len(stored) == 1:
         model.to(next(iter(stored)))
     with torch.no_grad():
         for name, param in model.named_parameters():
+            if tuple(param.shape) != tuple(state[name].shape):
+                raise ValueError(f"{name}: {tuple(state[name].shape)} in the checkpoint, {tuple(param.shape)} expected")
             if param.dtype != state[name].dtype:
                 param.data = state[name].clone()
             else:
@@ -111,10 +130,13 @@ def load_draft(
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
 
 
-def export_draft(model: DSparkDraftModel, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model`` as a DSpark checkpoint directory (unsharded models; with FSDP2 gather a full state
-    dict and call ``export_checkpoint(state, model_config, out_dir)``)."""
-    return export_checkpoint(model.state_dict(), model.config, out_dir, dtype=dtype)
+def export_draft(
+    model: DSparkDraftModel, out_dir: str | Path, *, dtype: torch.dtype | None = None, include_frozen: bool = True
+) -> Path:
+    """Write ``model`` as a checkpoint directory in its serving format (unsharded models; with FSDP2 gather a
+    full state dict and call ``export_checkpoint(state, model_config, out_dir)``). For serving:
+    ``dtype=torch.bfloat16, include_frozen=False`` (what the trainer's job export writes by default)."""
+    return export_checkpoint(model.state_dict(), model.config, out_dir, dtype=dtype, include_frozen=include_frozen)
 
 
 def evaluate_batch(

@@ -1,14 +1,17 @@
 """Export to and import from the DSpark checkpoint directory (DSPARK.md, "Checkpoint format").
 
 A directory with ``config.json`` (the target's Qwen3 config with the DSpark fields, see
-``DSparkModelConfig.to_checkpoint_config``) and ``model.safetensors`` holding exactly the weights
-an SGLang ``Qwen3DSparkModel`` loads, under their names without prefix. Tensors are written as given
-(or cast to ``dtype``), contiguous, so reading the directory back gives bit-identical weights.
+``DSparkModelConfig.to_checkpoint_config``, in the serving format of ``model.serving``: DSPARK or, for
+``markov_rank == 0``, DFLASH) and ``model.safetensors`` holding exactly the weights the serving engines
+load, under their names without prefix, with or without the frozen embedding / LM head. Tensors are
+written as given (or cast to ``dtype``), contiguous, so reading the directory back gives bit-identical
+weights.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -19,12 +22,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dspark_trainer.model.config import DSparkModelConfig
+from dspark_trainer.model.serving import (
+    FROZEN_WEIGHTS,
+    check_servable,
+    dtype_name_of,
+    model_config_from_serving,
+    serving_config,
+    serving_state,
+    serving_warnings,
+)
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def expected_weight_shapes(cfg: DSparkModelConfig) -> dict[str, tuple[int, ...]]:
     """Every weight name of a draft with ``cfg`` and its shape: the checkpoint contract."""
@@ -71,9 +82,17 @@ def expected_weight_shapes(cfg: DSparkModelConfig) -> dict[str, tuple[int, ...]]
     return shapes
 
 
+def has_frozen_weights(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` holds the frozen embedding and LM head (an export may leave both out)."""
+    return all(n in state for n in FROZEN_WEIGHTS)
+
+
 def check_state(state: Mapping[str, torch.Tensor], cfg: DSparkModelConfig) -> None:
-    """Raise ValueError unless ``state`` has exactly the expected names and shapes."""
+    """Raise ValueError unless ``state`` has exactly the expected names and shapes (the frozen embedding and
+    LM head may both be absent)."""
     expected = expected_weight_shapes(cfg)
+    if not any(n in state for n in FROZEN_WEIGHTS):
+        expected = {n: s for n, s in expected.items() if n not in FROZEN_WEIGHTS}
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected))
     if missing or unknown:
@@ -89,26 +108,26 @@ def export_checkpoint(
     out_dir: str | Path,
     *,
     dtype: torch.dtype | None = None,
+    include_frozen: bool = True,
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` to ``out_dir`` (created; files replaced atomically).
 
     ``state`` is a full (unsharded) state dict with the checkpoint's names, e.g. ``model.state_dict()``.
-    ``dtype`` casts every tensor (e.g. ``torch.bfloat16`` for serving); default: keep each tensor's dtype.
+    ``dtype`` casts every tensor (e.g. ``torch.bfloat16`` for serving; the confidence head stays float32);
+    default: keep each tensor's dtype. ``include_frozen=False`` leaves out the embedding and LM head, which
+    the serving engines take from the target (the trainer's job export does). Logs a warning for each engine
+    that cannot serve the draft (``model.serving.serving_warnings``).
     """
     check_state(state, cfg)
+    check_servable(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name in sorted(state):
-        t = state[name].detach()
-        if dtype is not None:
-            t = t.to(dtype)
-        tensors[name] = t.to("cpu").contiguous()
-    dtypes = {t.dtype for t in tensors.values()}
-    dtype_name = next((k for k, v in _DTYPES.items() if {v} == dtypes), "float32")
+    tensors = serving_state(state, cfg, dtype=dtype, include_frozen=include_frozen)
     _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    config = cfg.to_checkpoint_config(dtype=dtype_name)
+    config = serving_config(cfg, dtype_name=dtype_name_of(tensors))
     _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    for warning in serving_warnings(cfg):
+        log.warning("draft %s: %s", out, warning)
     return out
 
 
@@ -138,9 +157,10 @@ def read_checkpoint_config(path: str | Path) -> DSparkModelConfig:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} does not exist: not a DSpark draft directory")
     data = json.loads(cfg_path.read_text())
-    if data.get("architectures") != ["Qwen3DSparkModel"]:
-        raise ValueError(f"{cfg_path}: architectures is {data.get('architectures')}, expected ['Qwen3DSparkModel']")
-    return DSparkModelConfig.from_checkpoint_config(data)
+    try:
+        return model_config_from_serving(data)
+    except ValueError as exc:
+        raise ValueError(f"{cfg_path}: {exc}") from None
 
 
 def read_checkpoint_state(path: str | Path, *, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

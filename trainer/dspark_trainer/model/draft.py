@@ -27,6 +27,7 @@ from dspark_trainer.model.anchors import (
 from dspark_trainer.model.config import DSparkModelConfig
 from dspark_trainer.model.heads import ConfidenceHead, VanillaMarkovHead, build_markov_head
 from dspark_trainer.model.layers import DSparkDecoderLayer, RMSNorm, rotary_cos_sin
+from dspark_trainer.model.layout import dropped_rows, query_rows
 from dspark_trainer.model.masks import AttentionBackend, build_attention_mask
 
 
@@ -144,26 +145,27 @@ class DSparkDraftModel(nn.Module):
         self, input_ids: torch.Tensor, target_hidden: torch.Tensor, anchors: torch.Tensor,
         block_keep_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Final-normalised draft states ``[B, A, K, H]``."""
+        """Final-normalised draft states ``[B, A, K, H]``: the predicting rows of each block (the query layout
+        of ``model.layout``: ``K`` rows from the anchor for DSpark, ``K + 1`` rows without the anchor's for DFlash)."""
         cfg = self.config
         bsz, seq_len = input_ids.shape
         num = anchors.shape[1]
-        k = cfg.block_size
+        rows = query_rows(cfg)
         dtype = self.fc.weight.dtype
         ctx = self.hidden_norm(self.fc(target_hidden.to(dtype)))
-        h = self.embed_tokens(noise_input_ids(input_ids, anchors, k, cfg.mask_token_id)).to(dtype)
+        h = self.embed_tokens(noise_input_ids(input_ids, anchors, rows, cfg.mask_token_id)).to(dtype)
         ctx_pos = torch.arange(seq_len, device=input_ids.device).unsqueeze(0).expand(bsz, -1)
-        positions = torch.cat([ctx_pos, draft_positions(anchors, k)], dim=1)
+        positions = torch.cat([ctx_pos, draft_positions(anchors, rows)], dim=1)
         cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta, h.dtype)
         mask = build_attention_mask(
-            anchors, block_keep_mask, seq_len, k, self.attention_backend, compile_flex=self.compile_flex
+            anchors, block_keep_mask, seq_len, rows, self.attention_backend, compile_flex=self.compile_flex
         )
         compiled = h.is_cuda if self.compile_layers is None else self.compile_layers
         for layer in self.layers:
             assert isinstance(layer, DSparkDecoderLayer)
             layer.use_compiled = compiled
             h = layer(h, ctx, cos, sin, mask)
-        return self.norm(h).view(bsz, num, k, -1)
+        return self.norm(h).view(bsz, num, rows, -1)[:, :, dropped_rows(cfg):]
 
     def forward(
         self,

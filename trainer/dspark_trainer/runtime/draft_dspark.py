@@ -24,6 +24,7 @@ from dspark_trainer.model.anchors import sample_anchors
 from dspark_trainer.model.checkpoint import export_checkpoint, import_checkpoint
 from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config_from_dir
 from dspark_trainer.model.draft import DSparkDraftModel
+from dspark_trainer.model.serving import SERVING_DTYPES
 from dspark_trainer.model.target_weights import load_vocab_weights
 from dspark_trainer.runtime.draft_api import Quality
 
@@ -112,4 +113,5 @@ class DSparkDraftAPI:
                layer_ids: Sequence[int], output_dir: Path) -> None:
         cfg = self.model_config
         assert cfg is not None, "build_model first"
-        export_checkpoint(full_state, cfg, output_dir)
+        export_checkpoint(full_state, cfg, output_dir, dtype=SERVING_DTYPES[config.export.dtype],
+                          include_frozen=config.export.include_frozen_weights)

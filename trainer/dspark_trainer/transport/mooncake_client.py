@@ -118,6 +118,15 @@ def _parts_shape(parts: TensorParts) -> tuple[torch.dtype, tuple[int, ...], list
     return dtype, (*lead, sum(int(p.shape[-1]) for p in plist)), plist
 
 
+def describe_record(base: str, fields: Mapping[str, TensorParts]) -> RecordInfo:
+    """The RecordInfo (keys, shapes, dtypes) a write of ``fields`` under ``base`` produces, without writing."""
+    finfo: dict[str, FieldInfo] = {}
+    for fname, parts in fields.items():
+        dtype, shape, _plist = _parts_shape(parts)
+        finfo[fname] = FieldInfo(field_key(base, fname), shape, dtype)
+    return RecordInfo(base, finfo)
+
+
 class MooncakeTransport:
     """A connected Mooncake store client that writes, reads and deletes DSpark records."""
 
