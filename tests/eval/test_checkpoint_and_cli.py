@@ -43,3 +43,15 @@ def test_cli_user_errors(tiny_llama: Path, tmp_path: Path, capsys: pytest.Captur
     assert main([*base, "--prompts", str(prompts), "--max-new-tokens", "6", "--batch-size", "2",
                  "--output", str(out)]) == 0
     assert "tau" in capsys.readouterr().out and out.is_file()
+
+
+def test_a_serving_export_without_the_frozen_tables_evaluates(tiny_llama: Path, tmp_path: Path) -> None:
+    """The trainer's default export (bf16, no embedding / LM head) is evaluated with the target's tables."""
+    from dspark_trainer.eval import EvalOptions, run_evaluation
+
+    export_draft(draft_for(tiny_llama), tmp_path / "draft", dtype=torch.bfloat16, include_frozen=False)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n{"prompt": "a b c"}\n')
+    report = run_evaluation(tmp_path / "draft", tiny_llama, str(prompts), 2, 0.0, device="cpu",
+                            target_dtype="float32", options=EvalOptions(max_new_tokens=6, progress=False))
+    assert report.num_prompts == 2 and report.tau >= 1.0 and report.greedy_match == 1.0

@@ -112,7 +112,8 @@ class Evaluator:
 
     def load_draft(self, draft_dir: str | Path, checkpoint: str | Path | None = None) -> DSparkDraftModel:
         dtype = DTYPES[self.target_dtype] if self.device.type == "cuda" else torch.float32
-        draft = load_eval_draft(draft_dir, checkpoint=checkpoint, device=self.device, dtype=dtype)
+        draft = load_eval_draft(draft_dir, checkpoint=checkpoint, device=self.device, dtype=dtype,
+                                target_dir=self.target_dir)
         check_compatible(draft, self.model)
         speculative_generate(self.model, draft, [[0, 1, 2, 3]], max_new_tokens=4, temperature=0.0, stop_ids=set())
         return draft

@@ -33,10 +33,11 @@ def load_checkpoint_weights(model: DSparkDraftModel, step_dir: str | Path) -> No
 
 def load_eval_draft(
     draft_dir: str | Path, *, checkpoint: str | Path | None = None, device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, target_dir: str | Path | None = None,
 ) -> DSparkDraftModel:
-    """The draft in ``draft_dir`` (weights from ``checkpoint`` when given), in eval mode."""
-    model = load_draft(draft_dir, attention_backend="dense")
+    """The draft in ``draft_dir`` (weights from ``checkpoint`` when given), in eval mode; the frozen embedding and
+    LM head come from ``target_dir`` when the export leaves them out (as the serving engines take them)."""
+    model = load_draft(draft_dir, attention_backend="dense", target_dir=target_dir)
     if checkpoint is not None:
         model = model.float()
         load_checkpoint_weights(model, checkpoint)
