@@ -191,20 +191,36 @@ def _all_running(observed: Observed, existing: Mapping[tuple[str, str], Mapping[
     )
 
 
-def needs_apply(manifest: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
-    """Whether a child must be (re)applied: missing, different spec hash, different replica count, or a field the
-    operator sets changed by someone else."""
+APPLY = "apply"  # server-side apply of the manifest
+REVERT = "revert"  # a hand edit: merge-patch the manifest back (lists replaced whole, so added items go too)
+
+
+def child_action(manifest: Mapping[str, Any], existing: Mapping[str, Any] | None) -> str | None:
+    """What a child needs: APPLY when missing, of another spec hash or replica count; REVERT when a field the
+    operator sets was changed by someone else (the hash annotation left alone); None when it is as built."""
     if existing is None:
-        return True
+        return APPLY
     have = ((existing.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
     want = (manifest.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_SPEC_HASH) or spec_hash(manifest)
     if have != want:
-        return True
+        return APPLY
     replicas = workload_replicas(dict(manifest))
     if replicas is not None and (existing.get("spec") or {}).get("replicas") != replicas:
-        return True
-    # A hand edit of a field the operator sets (the hash annotation left alone) is taken back.
-    return drifted_child(manifest, existing)
+        return APPLY
+    return REVERT if drifted_child(manifest, existing) else None
+
+
+def needs_apply(manifest: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+    """Whether a child must be written (applied or reverted)."""
+    return child_action(manifest, existing) is not None
+
+
+def revert_patch(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that puts a hand-edited child back: the manifest's fields (a merge patch replaces lists
+    whole, which server-side apply would not do for items another field manager added)."""
+    meta = manifest.get("metadata") or {}
+    body = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind", "metadata")}
+    return {"metadata": {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}, **body}
 
 
 class Reconciler:
@@ -296,9 +312,7 @@ class Reconciler:
             else:
                 job = accept(job)
         if job.spec is not None and not terminal and decision_needs_scheduling(job, observed):
-            observed = dataclasses.replace(
-                observed, schedulable=await self._schedulable(job, existing, observed, now)
-            )
+            observed = dataclasses.replace(observed, schedulable=await self._schedulable(job, existing, observed, now))
         policy = best_effort_run_policy(body) if job.spec is None else None
         decision = decide(job, observed, now, run_policy=policy)
         if (decision.gang_restart or decision.delete_pods or _newly_failed(job, decision)) and (
@@ -379,7 +393,6 @@ class Reconciler:
         return bool((ns.get("metadata") or {}).get("deletionTimestamp")) or (
             (ns.get("status") or {}).get("phase") == "Terminating"
         )
-
 
     # ---------------------------------------------------------------- observe
     async def podmonitor_available(self) -> bool:
@@ -640,24 +653,40 @@ class Reconciler:
         # The regeneration Job is created once, when the decision asks for it, and never updated (its pod template
         # is immutable); it was validated with the other children when its generation was accepted.
         jobs = [m for m in manifests if m["kind"] == "Job" and (m["kind"], m["metadata"]["name"]) not in existing]
-        todo = [
-            m
+        actions = {
+            id(m): child_action(m, existing.get((m["kind"], m["metadata"]["name"])))
             for m in manifests
-            if m["kind"] != "Job" and needs_apply(m, existing.get((m["kind"], m["metadata"]["name"])))
-        ]
+            if m["kind"] != "Job"
+        }
+        todo = [m for m in manifests if actions.get(id(m)) == APPLY]
+        reverts = [m for m in manifests if actions.get(id(m)) == REVERT]
         if decision.regenerate_job:
             todo += jobs
         first = [m for m in todo if m["kind"] in FIRST_WAVE]
         second = [m for m in todo if m["kind"] not in FIRST_WAVE]
         await self._gather_apply(first, dry_run=False)
         await self._gather_apply(second, dry_run=False)
+        for m in reverts:
+            log.info(
+                "%s/%s: %s %s was edited by hand; putting it back",
+                job.namespace,
+                job.name,
+                m["kind"],
+                m["metadata"]["name"],
+            )
+        await asyncio.gather(
+            *(
+                self.api.merge_patch(kind_of(m).item(job.namespace, m["metadata"]["name"]), revert_patch(m))
+                for m in reverts
+            )
+        )
         # Children that are no longer wanted (e.g. the PodMonitor after metrics.podMonitor: false).
         wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
         stale = [(k, n, o) for (k, n), o in existing.items() if (k, n) not in wanted]
         await asyncio.gather(
             *(self.api.delete(KINDS[k].item(job.namespace, n), uid=o["metadata"].get("uid")) for k, n, o in stale)
         )
-        return len(todo)
+        return len(todo) + len(reverts)
 
     async def _gather_apply(self, manifests: Sequence[dict[str, Any]], *, dry_run: bool) -> None:
         async def one(m: dict[str, Any]) -> None:

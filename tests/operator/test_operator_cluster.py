@@ -429,18 +429,17 @@ def test_spec_errors_the_schema_cannot_catch_fail_the_job_and_create_nothing(
     dsj_env: OperatorEnv, k8s_namespace: str
 ) -> None:
     env, ns = dsj_env, k8s_namespace
-    batch = small_job("batch", nodes=3, gpus=1)
-    batch["spec"]["trainer"]["schedule"]["globalBatchSize"] = 10  # not a multiple of 3 ranks
+    flags = small_job("flags", inference={"extraArgs": ["--port=31000"]})  # a flag the operator derives
     label = small_job("label", scheduling={"nodeSelector": {"pool": "has spaces!"}})  # the API server rejects pods
-    for body in (batch, label):
+    for body in (flags, label):
         env.apply(ns, body)
-    for name, field in (("batch", "spec.trainer.schedule.globalBatchSize"), ("label", "nodeSelector")):
+    for name, field in (("flags", "spec.inference.extraArgs[0]"), ("label", "spec.scheduling.nodeSelector")):
         env.wait_phase(ns, name, "Failed")
         failed = env.condition(ns, name, "Failed")
         assert failed is not None and failed["reason"] == "InvalidSpec"
         assert field in failed["message"], failed["message"]
         assert env.children(ns, name) == {}, "nothing is created for an invalid spec"
-    events = env.kubectl("get", "events", "-n", ns, "--field-selector", "involvedObject.name=batch").stdout
+    events = env.kubectl("get", "events", "-n", ns, "--field-selector", "involvedObject.name=flags").stdout
     assert "InvalidSpec" in events
     assert env.operator.alive()
 

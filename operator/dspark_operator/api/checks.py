@@ -170,8 +170,10 @@ def check_target_layers(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
         spec.draft.resolve_target_layer_ids(layers)
     except ValueError as err:
         message = str(err)
-        field = "spec.draft.targetLayerIds" if spec.draft.target_layer_ids is not None else (
-            "spec.draft.numTargetLayersCaptured"
+        field = (
+            "spec.draft.targetLayerIds"
+            if spec.draft.target_layer_ids is not None
+            else ("spec.draft.numTargetLayersCaptured")
         )
         message = message.split(": ", 1)[1] if message.startswith("draft.") else message
         return InvalidSpec(field, f"{message} ({spec.target.model} has {layers} layers)")
@@ -220,8 +222,8 @@ def check_config_size(spec: DSparkTrainingJobSpec, rendered_bytes: int) -> Inval
     return InvalidSpec(
         field,
         f"the rendered job config would be {rendered_bytes} bytes, more than a ConfigMap holds "
-        f"({CONFIGMAP_DATA_LIMIT - CONFIG_SIZE_MARGIN} usable); {field} alone is {sizes[field]} bytes. Put a large "
-        "chat template in a file on the dataset or model volume and give its path",
+        f"({CONFIGMAP_DATA_LIMIT - CONFIG_SIZE_MARGIN} usable); {field} alone is {sizes[field]} bytes. Shrink it "
+        "(a large chat template can be a file on the dataset or model volume: give its path)",
     )
 
 

@@ -540,6 +540,7 @@ class SchedulingSpec(ConfigModel):
                 "characters of A-Z, a-z, 0-9, '-', '_' and '.', alphanumeric at both ends"
             )
         return value
+
     gpu_resource_name: str = Field(
         "nvidia.com/gpu", min_length=1, max_length=253, pattern=RESOURCE_NAME, description="Extended resource of GPUs."
     )
