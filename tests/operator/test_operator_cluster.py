@@ -12,20 +12,11 @@ import yaml
 from dspark_trainer.status_reporter import StatusReporter
 from harness.operator_process import small_job_manifest
 from module_loader import load_module
-from operator_cluster_env import REPO, OperatorEnv
+from operator_cluster_env import REPO, OperatorEnv, small_job
 
 pytestmark = pytest.mark.cluster
 
 API = "/apis/dspark.io/v1alpha1"
-
-
-def small_job(name: str, *, nodes: int = 1, gpus: int = 1, **spec: Any) -> dict[str, Any]:
-    """A job that fits many times on the kwok nodes (tcp transport, few GPUs, tiny requests); `spec` entries are
-    merged into the spec's sections."""
-    body = small_job_manifest(name, nodes=nodes, gpus_per_node=gpus)
-    for key, value in spec.items():
-        body["spec"][key] = {**body["spec"].get(key, {}), **value}
-    return body
 
 
 def reporter_for(env: OperatorEnv, ns: str, job: str) -> StatusReporter:
