@@ -77,6 +77,7 @@ def _prepare_production_namespace(env: OperatorEnv, ns: str) -> None:
 def test_examples_create_every_child_and_pods_run_on_gpu_nodes(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
     env, ns = dsj_env, k8s_namespace
     _prepare_production_namespace(env, ns)
+    log_start = len(env.operator.log_path.read_text())
     for example in ("minimal-job.yaml", "production-job.yaml"):
         env.kubectl("apply", "-n", ns, "-f", str(REPO / "examples" / example))
     jobs = {
@@ -131,6 +132,11 @@ def test_examples_create_every_child_and_pods_run_on_gpu_nodes(dsj_env: Operator
     assert sorted(p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] for p in trainer) == ["0", "1"]
     out = env.kubectl("get", "dsj", "-n", ns).stdout
     assert "Running" in out and prod in out
+    # What the API server stored compares equal to what was applied (defaults aside): no child looks hand-edited.
+    count = env.operator.reconciles()
+    env.kubectl("annotate", "dsj", "-n", ns, "--all", "settle=1")
+    env.wait(lambda: env.operator.reconciles() >= count + 2, what="two more reconciliations")
+    assert "edited by hand" not in env.operator.log_path.read_text()[log_start:]
 
 
 # ----------------------------------------------------------------------------------- progress
