@@ -126,7 +126,7 @@ def _reserved_env(section: str, names: frozenset[str]) -> dict[str, str]:
     }
 
 
-def _no_device_resources(section: str, resources: str, field: str) -> dict[str, str]:
+def _no_device_resources(resources: str, field: str) -> dict[str, str]:
     names = ("self.scheduling.gpuResourceName", "self.transport.rdmaResourceName")
     parts = [
         f"(has(self.{resources}.{kind}) && {name} in self.{resources}.{kind})"
@@ -136,7 +136,7 @@ def _no_device_resources(section: str, resources: str, field: str) -> dict[str, 
     return {
         "rule": f"!({' || '.join(parts)})",
         "message": (
-            f"{resources.removeprefix('self.')} may not list scheduling.gpuResourceName or transport.rdmaResourceName: "
+            f"{resources} may not list scheduling.gpuResourceName or transport.rdmaResourceName: "
             f"the operator adds GPUs from {field} and RDMA devices from transport.rdmaResourceCount"
         ),
         "fieldPath": f".{resources}",
@@ -250,8 +250,8 @@ RULES: dict[Path_, list[dict[str, str]]] = {
             ),
             "fieldPath": ".trainer.env",
         },
-        _no_device_resources("trainer", "trainer.resources", "trainer.gpusPerNode"),
-        _no_device_resources("inference", "inference.resources", "inference.gpus"),
+        _no_device_resources("trainer.resources", "trainer.gpusPerNode"),
+        _no_device_resources("inference.resources", "inference.gpus"),
     ],
     ("spec", "dataset"): [
         _optional_immutable("regenerate", "dataset.regenerate is immutable"),

@@ -70,8 +70,6 @@ def spec_field_for(manifest: Mapping[str, Any], child_field: str, message: str =
         return "spec.trainer.output.mountPath"
     if "sizeLimit" in child_field:
         return "spec.inference.shmSize" if component == COMPONENT_INFERENCE else "spec.dataset.regenerate.shmSize"
-    if "persistentVolumeClaim" in child_field or "claimName" in child_field:
-        return "spec"
     return "spec"
 
 

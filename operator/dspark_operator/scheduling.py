@@ -79,8 +79,6 @@ def _component_field(component: str, problem: str, gpu_resource: str) -> str:
         return "spec.scheduling.nodeSelector"
     if "untolerated taint" in problem or "had taint" in problem:
         return "spec.scheduling.tolerations"
-    if "persistentvolumeclaim" in problem.lower():
-        return "spec (a claimName)"
     return {
         COMPONENT_TRAINER: "spec.trainer",
         COMPONENT_INFERENCE: "spec.inference",

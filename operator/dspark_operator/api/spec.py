@@ -3,8 +3,8 @@
 Every field has a description (it becomes `kubectl explain` text). Constraints a CRD
 schema can express live on the fields (ranges, enums, patterns) or as CEL rules
 (`x-kubernetes-validations`, added by :mod:`dspark_operator.crdgen`); the rest are
-checked by :func:`dspark_operator.api.validation.validate_job`, which the operator runs
-before creating anything (a failure is reported as `Failed`/`InvalidSpec`).
+checked by :mod:`dspark_operator.api.checks` (through :func:`dspark_operator.api.job.parse_spec`),
+which the operator runs on every generation before anything acts on it.
 
 Sections shared with the rendered job config (`dspark_trainer.config.job.JobConfig`, the pod
 contract) are the same pydantic models or subclasses of them (`DraftOptions`, `OptimizerConfig`,
