@@ -21,8 +21,15 @@ from typing import Any
 
 import yaml
 
-from dspark_operator.api.job import MAX_JOB_NAME_LENGTH
-from dspark_operator.api.spec import DSparkTrainingJobSpec
+from dspark_operator.api.job import (
+    MAX_JOB_NAME_LENGTH,
+    RESERVED_ENV_NAMES,
+    RESERVED_ENV_PREFIXES,
+    RESERVED_TRAINER_ENV_NAMES,
+    RESERVED_TRAINER_PORTS,
+)
+from dspark_operator.api.paths import ABSOLUTE_DIR, RELATIVE_DIR, cel_mount_path_rule
+from dspark_operator.api.spec import LABEL_VALUE, NAMED, DSparkTrainingJobSpec
 from dspark_operator.api.status import DSparkTrainingJobStatus
 from dspark_operator.constants import CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
@@ -87,6 +94,83 @@ def _optional_immutable(field: str, message: str) -> dict[str, str]:
     }
 
 
+def _named(field: str, example: str) -> list[dict[str, str]]:
+    return [
+        {
+            "rule": f"self.matches(r'{NAMED}')",
+            "message": f"{field} must not be blank or start/end with whitespace; name it, e.g. {example}",
+        }
+    ]
+
+
+def _relative_dir(field: str, example: str) -> list[dict[str, str]]:
+    return [
+        {
+            "rule": f"self.matches(r'{RELATIVE_DIR}')",
+            "message": (
+                f"{field} must be a relative directory inside the output volume (trainer.output.mountPath), without "
+                f"a leading '/' or '.'/'..' segments, e.g. {example}: anything outside the volume is written to the "
+                "pod's ephemeral filesystem and lost with the pod"
+            ),
+        }
+    ]
+
+
+def _reserved_env(section: str, names: frozenset[str]) -> dict[str, str]:
+    prefixes = " && ".join(f"!e.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
+    listed = ", ".join(f"'{n}'" for n in sorted(names))
+    shown = ", ".join([f"{p}*" for p in RESERVED_ENV_PREFIXES] + sorted(names))
+    return {
+        "rule": f"self.all(e, {prefixes} && !(e.name in [{listed}]))",
+        "message": f"{section}.env may not set a name the operator sets or reserves: {shown}",
+    }
+
+
+def _no_device_resources(resources: str, field: str) -> dict[str, str]:
+    names = ("self.scheduling.gpuResourceName", "self.transport.rdmaResourceName")
+    parts = [
+        f"(has(self.{resources}.{kind}) && {name} in self.{resources}.{kind})"
+        for name in names
+        for kind in ("requests", "limits")
+    ]
+    return {
+        "rule": f"!({' || '.join(parts)})",
+        "message": (
+            f"{resources} may not list scheduling.gpuResourceName or transport.rdmaResourceName: "
+            f"the operator adds GPUs from {field} and RDMA devices from transport.rdmaResourceCount"
+        ),
+        "fieldPath": f".{resources}",
+    }
+
+
+def _toleration_rules() -> list[dict[str, str]]:
+    return [
+        {
+            "rule": "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "message": "a toleration with operator Exists must not have a value; drop value or use operator Equal",
+            "fieldPath": ".value",
+        },
+        {
+            "rule": "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+            "message": "a toleration without key must use operator Exists (it matches every taint)",
+            "fieldPath": ".operator",
+        },
+        {
+            "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "message": "tolerationSeconds only applies with effect NoExecute; set effect: NoExecute or drop it",
+            "fieldPath": ".tolerationSeconds",
+        },
+    ]
+
+
+GPUS = "(self.trainer.gpusPerNode > 0 ? self.trainer.gpusPerNode : 1)"
+RANKS_X_MICRO = f"self.trainer.nodes * {GPUS} * self.trainer.schedule.microBatchSize"
+OUTPUT_IMMUTABLE = {
+    "mountPath": "the running job's checkpoints and draft are on the volume mounted there",
+    "draftDir": "the running job exports its draft there",
+    "checkpointDir": "the running job's checkpoints are there (a change would restart training from scratch)",
+}
+
 DRAFT_IMMUTABLE = (
     "blockSize",
     "numDraftLayers",
@@ -119,10 +203,140 @@ RULES: dict[Path_, list[dict[str, str]]] = {
                 "output volume and the trainer pods read it there"
             ),
             "fieldPath": ".trainer.output.claimName",
+        },
+        {
+            "rule": f"self.trainer.schedule.globalBatchSize % ({RANKS_X_MICRO}) == 0",
+            "message": (
+                "trainer.schedule.globalBatchSize must be a multiple of trainer.nodes x max(trainer.gpusPerNode, 1) x "
+                "trainer.schedule.microBatchSize (an optimizer step takes the same number of samples on every rank)"
+            ),
+            "fieldPath": ".trainer.schedule.globalBatchSize",
+        },
+        {
+            "rule": (
+                "self.inference.engine != 'sglang' || !has(self.draft.targetLayerIds) || "
+                "self.draft.targetLayerIds.all(i, i >= 0)"
+            ),
+            "message": (
+                "draft.targetLayerIds: SGLang cannot capture the embedding output (-1); use layers >= 0 or "
+                "inference.engine: reference"
+            ),
+            "fieldPath": ".draft.targetLayerIds",
+        },
+        {
+            "rule": "!has(self.inference.contextLength) || self.inference.contextLength > self.dataset.maxLength",
+            "message": (
+                "inference.contextLength must exceed dataset.maxLength (a capture sends up to maxLength tokens and "
+                "generates one); raise it or leave it unset (default: maxLength + 1)"
+            ),
+            "fieldPath": ".inference.contextLength",
+        },
+        {
+            "rule": "self.trainer.gpusPerNode > 0 || self.trainer.optimizer.masterWeights != 'split'",
+            "message": (
+                "trainer.optimizer.masterWeights split needs bf16 parameters, that is GPUs: set trainer.gpusPerNode "
+                "> 0 or masterWeights: fp32"
+            ),
+            "fieldPath": ".trainer.optimizer.masterWeights",
+        },
+        {
+            "rule": (
+                "self.transport.deviceNames == '' || self.transport.protocol == 'tcp' || !has(self.trainer.env) || "
+                "!self.trainer.env.exists(e, e.name == 'NCCL_IB_HCA')"
+            ),
+            "message": (
+                "trainer.env NCCL_IB_HCA is set by the operator from transport.deviceNames; give the devices in one "
+                "place"
+            ),
+            "fieldPath": ".trainer.env",
+        },
+        _no_device_resources("trainer.resources", "trainer.gpusPerNode"),
+        _no_device_resources("inference.resources", "inference.gpus"),
+    ],
+    ("spec", "dataset"): [
+        _optional_immutable("regenerate", "dataset.regenerate is immutable"),
+        _optional_immutable(
+            "claimName", "dataset.claimName is immutable: the running job's data positions refer to that volume"
+        ),
+    ],
+    ("spec", "dataset", "path"): [
+        *_named("dataset.path", "/data/train.jsonl"),
+        *_immutable(
+            "dataset.path is immutable: the running job's checkpoints record positions in that dataset; create a "
+            "new job for other data"
+        ),
+    ],
+    ("spec", "target", "model"): [
+        *_named("target.model", "Qwen/Qwen3-8B or /models/qwen3-8b"),
+        *_immutable("target.model is immutable"),
+    ],
+    ("spec", "trainer", "output"): [
+        _optional_immutable(
+            "claimName",
+            "trainer.output.claimName is immutable: the running job's checkpoints and draft are on that volume",
+        ),
+        {
+            "rule": (
+                "!(self.draftDir == self.checkpointDir || self.draftDir.startsWith(self.checkpointDir + '/') || "
+                "self.checkpointDir.startsWith(self.draftDir + '/'))"
+            ),
+            "message": (
+                "trainer.output.draftDir must not be, contain or lie inside trainer.output.checkpointDir (old "
+                "checkpoints are pruned from there)"
+            ),
+            "fieldPath": ".draftDir",
+        },
+    ],
+    ("spec", "trainer", "output", "mountPath"): [
+        {
+            "rule": f"self.matches(r'{ABSOLUTE_DIR}')",
+            "message": (
+                "trainer.output.mountPath must be an absolute path of plain segments (no '/', '.', '..', empty "
+                "segments or trailing '/'), e.g. /output"
+            ),
+        },
+        {
+            "rule": cel_mount_path_rule(),
+            "message": (
+                "trainer.output.mountPath must not be, contain or lie inside a path the operator mounts (/etc/dspark: "
+                "the job config, /dev/shm, /data: the dataset, /models: the model, "
+                "/var/run/secrets/kubernetes.io/serviceaccount: the trainer's token) nor replace a system directory "
+                "(/bin, /lib, /proc, /sbin, /sys, /usr); use e.g. /output"
+            ),
+        },
+        *_immutable(f"trainer.output.mountPath is immutable: {OUTPUT_IMMUTABLE['mountPath']}"),
+    ],
+    ("spec", "trainer", "output", "draftDir"): [
+        *_relative_dir("trainer.output.draftDir", "draft"),
+        *_immutable(f"trainer.output.draftDir is immutable: {OUTPUT_IMMUTABLE['draftDir']}"),
+    ],
+    ("spec", "trainer", "output", "checkpointDir"): [
+        *_relative_dir("trainer.output.checkpointDir", "checkpoints"),
+        *_immutable(f"trainer.output.checkpointDir is immutable: {OUTPUT_IMMUTABLE['checkpointDir']}"),
+    ],
+    ("spec", "trainer", "env"): [_reserved_env("trainer", RESERVED_ENV_NAMES | RESERVED_TRAINER_ENV_NAMES)],
+    ("spec", "inference", "env"): [_reserved_env("inference", RESERVED_ENV_NAMES)],
+    ("spec", "metrics", "port"): [
+        {
+            "rule": f"!(self in [{', '.join(str(p) for p in sorted(RESERVED_TRAINER_PORTS))}])",
+            "message": (
+                "metrics.port must not be a port the operator gives the job's processes: "
+                + ", ".join(f"{p} ({what})" for p, what in sorted(RESERVED_TRAINER_PORTS.items()))
+                + "; the default is 9400"
+            ),
         }
     ],
-    ("spec", "dataset"): [_optional_immutable("regenerate", "dataset.regenerate is immutable")],
-    ("spec", "target", "model"): _immutable("target.model is immutable"),
+    ("spec", "scheduling", "queueName"): [
+        {
+            "rule": f"self.matches(r'{LABEL_VALUE}')",
+            "message": (
+                "scheduling.queueName becomes the kueue.x-k8s.io/queue-name label, so it must be a label value: at "
+                "most 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', alphanumeric at both ends"
+            ),
+        }
+    ],
+    ("spec", "scheduling", "tolerations", "[]"): _toleration_rules(),
+    ("spec", "dataset", "regenerate", "tolerations", "[]"): _toleration_rules(),
     ("spec", "target", "dtype"): _immutable("target.dtype is immutable"),
     ("spec", "target"): [_optional_immutable("revision", "target.revision is immutable")],
     **{("spec", "draft", f): _immutable(f"draft.{f} is immutable") for f in DRAFT_IMMUTABLE},
@@ -161,7 +375,12 @@ RULES: dict[Path_, list[dict[str, str]]] = {
             "rule": "!has(self.gpus) || self.gpus == 0 || self.gpus >= self.tensorParallelSize",
             "message": "inference.gpus must be 0 (CPU) or >= inference.tensorParallelSize",
             "fieldPath": ".gpus",
-        }
+        },
+        {
+            "rule": "self.engine != 'reference' || self.tensorParallelSize == 1",
+            "message": "inference.tensorParallelSize must be 1 with engine reference (it does not shard the target)",
+            "fieldPath": ".tensorParallelSize",
+        },
     ],
 }
 
@@ -170,6 +389,9 @@ EXTRA: dict[Path_, Schema] = {
     ("spec", "draft", "targetLayerIds"): {"maxItems": 64, "x-kubernetes-list-type": "set", "items": {"minimum": -1}},
     ("status", "conditions"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     ("status", "gang", "members"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    # A name given twice is rejected by the API server ("Duplicate value"), naming the entry.
+    ("spec", "inference", "env"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    ("spec", "trainer", "env"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
 }
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -345,7 +567,7 @@ def _deep_merge(base: Schema, extra: Schema) -> None:
 def _node_at(root: Schema, path: Path_) -> Schema:
     node = root
     for name in path:
-        node = node["properties"][name]
+        node = node["items"] if name == "[]" else node["properties"][name]
     return node
 
 

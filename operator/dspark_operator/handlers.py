@@ -4,7 +4,8 @@ Design (level-based):
 - Every watch event of a job (the initial listing after an operator (re)start included, so jobs
   are resumed; creation; spec updates; status changes from the trainer) wakes that job's worker.
 - Events of the job's trainer pods, Deployments, StatefulSets and its data-regeneration Job wake the
-  job's worker too, so a failed or deleted trainer pod, or a finished regeneration, is noticed at once.
+  job's worker too, so a failed or deleted trainer pod, or a finished regeneration, is noticed at once;
+  so do its ConfigMap, Services, Role and RoleBinding, so a hand edit of one is taken back at once.
 - The worker reconciles (observe, decide, act) and then waits for the next wake-up, at most the
   decision's requeue delay or the periodic resync interval: the periodic check of observed vs.
   desired state.
@@ -202,6 +203,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.label_selectors["apps", "deployments"] = children
     settings.watching.label_selectors["apps", "statefulsets"] = children
     settings.watching.label_selectors["batch", "jobs"] = children
+    settings.watching.label_selectors["v1", "configmaps"] = children
+    settings.watching.label_selectors["v1", "services"] = children
+    settings.watching.label_selectors["rbac.authorization.k8s.io", "roles"] = children
+    settings.watching.label_selectors["rbac.authorization.k8s.io", "rolebindings"] = children
     settings.peering.standalone = ours.peering is None
     if ours.peering is not None:
         settings.peering.name = ours.peering
@@ -273,6 +278,15 @@ async def deployment_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("apps", "v1", "statefulsets", labels={LABEL_MANAGED_BY: MANAGED_BY})
 async def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Trainer StatefulSet changed: check the job now."""
+    _wake_owner_job(body, memo)
+
+
+@kopf.on.event("", "v1", "configmaps", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels={LABEL_MANAGED_BY: MANAGED_BY})
+async def config_child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The job's ConfigMap, a Service, the trainer's Role or RoleBinding changed (a hand edit is taken back)."""
     _wake_owner_job(body, memo)
 
 

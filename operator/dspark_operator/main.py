@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port, 0 disables (default 8000)")
     p.add_argument("--liveness-port", type=int, default=None, help="liveness port, 0 disables (default 8080)")
     p.add_argument("--resync-seconds", type=float, default=None, help="periodic check interval (default 60)")
+    p.add_argument(
+        "--scheduler-grace-seconds",
+        type=float,
+        default=None,
+        help="seconds a pending pod may wait for any scheduler before Schedulable=False (default 60)",
+    )
     p.add_argument("--peering", default=None, help="Kopf peering name for several replicas (default: standalone)")
     p.add_argument("--trainer-image", default=None, help="default trainer image (env DSPARK_TRAINER_IMAGE)")
     p.add_argument("--inference-image", default=None, help="default SGLang image (env DSPARK_INFERENCE_IMAGE)")
@@ -59,6 +65,7 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
         ("metrics_port", "metrics_port"),
         ("liveness_port", "liveness_port"),
         ("resync_seconds", "resync_seconds"),
+        ("scheduler_grace_seconds", "scheduler_grace_seconds"),
         ("peering", "peering"),
         ("trainer_image", "trainer_image"),
         ("inference_image", "inference_image"),

@@ -17,9 +17,18 @@ from typing import Any, Protocol
 from dspark_trainer.config import TransportProtocol
 from pydantic import ValidationError
 
+from dspark_operator.acceptance import accept, choose_spec, effective_view
 from dspark_operator.api.job import InvalidSpec, JobView, parse_job
 from dspark_operator.api.spec import RunPolicySpec
-from dspark_operator.api.status import TERMINAL_PHASES, DSparkTrainingJobStatus
+from dspark_operator.api.status import (
+    OPERATOR_STATUS_FIELDS,
+    TERMINAL_PHASES,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    DSparkTrainingJobStatus,
+    Phase,
+)
 from dspark_operator.builders import BuildContext, build_children, workload_replicas
 from dspark_operator.builders.common import spec_hash
 from dspark_operator.builders.regenerate_job import (
@@ -35,6 +44,7 @@ from dspark_operator.constants import (
     COMPONENT_MOONCAKE,
     COMPONENT_REGENERATE,
     COMPONENT_TRAINER,
+    FIELD_MANAGER,
     KIND,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -43,8 +53,11 @@ from dspark_operator.constants import (
     PODMONITOR_GROUP,
     PODMONITOR_VERSION,
 )
+from dspark_operator.drift import drifted_child
 from dspark_operator.kube import KINDS, ApiError, KubeApi, kind_of
 from dspark_operator.metrics import OperatorMetrics
+from dspark_operator.rejections import invalid_from_rejection
+from dspark_operator.scheduling import CreateFailure, MissingObject, Verdict, placement_from_pod, verdict
 from dspark_operator.settings import Settings
 from dspark_operator.status import (
     Decision,
@@ -52,7 +65,9 @@ from dspark_operator.status import (
     Observed,
     Workloads,
     decide,
+    fmt_time,
     job_info,
+    parse_time,
     pod_info,
     regeneration_done,
     workload_info,
@@ -62,21 +77,13 @@ log = logging.getLogger("dspark_operator.reconcile")
 
 JOB_KIND = KINDS[KIND]
 # Status keys the operator owns; `progress` belongs to the trainer and is never written here.
-OPERATOR_STATUS_KEYS = (
-    "phase",
-    "conditions",
-    "observedGeneration",
-    "startTime",
-    "completionTime",
-    "restarts",
-    "draftPath",
-    "checkpointRequest",
-    "gang",
-    "transportProtocol",
-)
+OPERATOR_STATUS_KEYS = OPERATOR_STATUS_FIELDS
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "StatefulSet")
 FIRST_WAVE = frozenset({"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"})
-DRY_RUN_KINDS = frozenset({"Deployment", "StatefulSet", "PodMonitor", "Job"})
+# Answers of a dry run that mean "this object, as built from the spec, will never be accepted".
+REJECTED_STATUSES = frozenset({400, 413, 422})
+# FailedCreate events older than this are not news (a StatefulSet keeps its events for an hour).
+CREATE_FAILURE_WINDOW = 300.0
 PODMONITOR_RECHECK_SECONDS = 300.0
 NODES_RECHECK_SECONDS = 60.0
 MIN_ERROR_BACKOFF = 5.0
@@ -158,28 +165,62 @@ def status_patch(raw_status: Mapping[str, Any], new: DSparkTrainingJobStatus) ->
     return patch or None
 
 
-def needs_apply(manifest: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
-    """Whether a child must be (re)applied: missing, different spec hash, or different replica count."""
+def _component(obj: Mapping[str, Any]) -> str:
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT, ""))
+
+
+def _newly_failed(job: JobView, decision: Decision) -> bool:
+    return decision.status.phase == Phase.FAILED.value and job.status.phase != Phase.FAILED.value
+
+
+def decision_needs_scheduling(job: JobView, observed: Observed) -> bool:
+    """Whether the Schedulable condition is worth computing: children exist and the job is not suspended."""
+    return bool(observed.children) and job.spec is not None and not job.spec.run_policy.suspend
+
+
+def _all_running(observed: Observed, existing: Mapping[tuple[str, str], Mapping[str, Any]]) -> bool:
+    """Every pod the workloads want exists and runs."""
+    want = 0
+    for (kind, _), obj in existing.items():
+        if kind in ("Deployment", "StatefulSet"):
+            want += int((obj.get("spec") or {}).get("replicas") or 0)
+    running = [p for p in observed.placements if p.phase == "Running" and not p.deleting]
+    workload_pods = [p for p in running if p.component != COMPONENT_REGENERATE]
+    return len(workload_pods) >= want and all(
+        p.phase in ("Running", "Succeeded") for p in observed.placements if not p.deleting
+    )
+
+
+APPLY = "apply"  # server-side apply of the manifest
+REVERT = "revert"  # a hand edit: merge-patch the manifest back (lists replaced whole, so added items go too)
+
+
+def child_action(manifest: Mapping[str, Any], existing: Mapping[str, Any] | None) -> str | None:
+    """What a child needs: APPLY when missing, of another spec hash or replica count; REVERT when a field the
+    operator sets was changed by someone else (the hash annotation left alone); None when it is as built."""
     if existing is None:
-        return True
+        return APPLY
     have = ((existing.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
     want = (manifest.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_SPEC_HASH) or spec_hash(manifest)
     if have != want:
-        return True
+        return APPLY
     replicas = workload_replicas(dict(manifest))
-    if replicas is not None:
-        current = (existing.get("spec") or {}).get("replicas")
-        return current != replicas
-    return False
+    if replicas is not None and (existing.get("spec") or {}).get("replicas") != replicas:
+        return APPLY
+    return REVERT if drifted_child(manifest, existing) else None
 
 
-def _invalid_from_api(manifest: Mapping[str, Any], err: ApiError) -> InvalidSpec:
-    kind = manifest.get("kind", "?")
-    name = (manifest.get("metadata") or {}).get("name", "?")
-    details = err.body.get("details") or {}
-    causes = details.get("causes") or []
-    fields = ", ".join(f"{c.get('field')}: {c.get('message')}" for c in causes if c.get("field")) or err.message
-    return InvalidSpec("spec", f"the API server rejects the {kind} {name} built from this spec ({fields})")
+def needs_apply(manifest: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+    """Whether a child must be written (applied or reverted)."""
+    return child_action(manifest, existing) is not None
+
+
+def revert_patch(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that puts a hand-edited child back: the manifest's fields (a merge patch replaces lists
+    whole, which server-side apply would not do for items another field manager added)."""
+    meta = manifest.get("metadata") or {}
+    body = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind", "metadata")}
+    return {"metadata": {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}, **body}
 
 
 class Reconciler:
@@ -205,6 +246,7 @@ class Reconciler:
         self._nodes_checked = 0.0
         self._errors: dict[str, int] = {}
         self._built: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self._rejected: dict[tuple[str, int], InvalidSpec] = {}  # (uid, generation) the dry run refused
         self._last_error: dict[str, str] = {}
 
     # ---------------------------------------------------------------- entry point
@@ -247,29 +289,49 @@ class Reconciler:
             if body is not None:
                 self.metrics.set_phase(body["metadata"].get("uid", ""), None)
             return ReconcileOutcome(result="gone", requeue_after=None)
-        job = parse_job(body)
-        terminal_hint = (job.status.phase or "") in ("Succeeded", "Failed") or job.invalid is not None
-        if not job.raw_status and job.invalid is None:
+        parsed = parse_job(body)
+        now = self.clock()
+        terminal = (parsed.status.phase or "") in TERMINAL_PHASES
+        choice = choose_spec(parsed, rejected=self._rejected.get((parsed.uid, parsed.generation)))
+        job = effective_view(parsed, choice)
+        if not job.raw_status and job.spec is not None:
             # Never reconciled: nothing of ours can be trusted to exist, and applying is idempotent
             # (children left by an operator that died before writing the status are re-applied as no-ops).
             await self.podmonitor_available()
             existing: dict[tuple[str, str], dict[str, Any]] = {}
             observed = Observed()
         else:
-            existing, observed = await self.observe(job, workloads_only=terminal_hint)
-        now = self.clock()
+            existing, observed = await self.observe(job, workloads_only=terminal or job.spec is None)
+        if choice.candidate and not terminal:
+            # The latest generation is used only once every child built from it passes the API server's dry run.
+            problem = await self._validate(job, existing)
+            if problem is not None:
+                self._remember_rejection(parsed, problem)
+                choice = choose_spec(parsed, rejected=problem)
+                job = effective_view(parsed, choice)
+            else:
+                job = accept(job)
+        if job.spec is not None and not terminal and decision_needs_scheduling(job, observed):
+            observed = dataclasses.replace(observed, schedulable=await self._schedulable(job, existing, observed, now))
         policy = best_effort_run_policy(body) if job.spec is None else None
         decision = decide(job, observed, now, run_policy=policy)
+        if (decision.gang_restart or decision.delete_pods or _newly_failed(job, decision)) and (
+            await self._namespace_terminating(namespace)
+        ):
+            # The namespace is being deleted: its pods go first. That is no failure of the job.
+            return ReconcileOutcome(result="gone", requeue_after=None)
         applied = 0
-        if decision.workloads is Workloads.UP:
-            try:
+        try:
+            if decision.workloads is Workloads.UP:
                 decision.status.transport_protocol = await self.transport_protocol(job)
                 applied = await self._apply_children(job, existing, decision)
-            except _Rejected as rejected:
-                job = dataclasses.replace(job, spec=None, invalid=rejected.invalid)
-                decision = decide(job, observed, now, run_policy=policy)
-        if decision.workloads is Workloads.DOWN:
-            await self._scale_down(existing)
+            if decision.workloads is Workloads.DOWN:
+                await self._scale_down(existing)
+        except ApiError as err:
+            if await self._namespace_terminating(namespace):
+                return ReconcileOutcome(result="gone", requeue_after=None)
+            await self._report_apply_error(job, decision, err, now)
+            raise
         await self._delete_pods(namespace, decision.delete_pods)
         if decision.gang_restart:
             self.metrics.gang_restart(namespace, name)
@@ -288,6 +350,48 @@ class Reconciler:
             phase=str(phase) if phase else None,
             status_resource_version=rv,
             applied=applied,
+        )
+
+    def _remember_rejection(self, job: JobView, problem: InvalidSpec) -> None:
+        """A generation the dry run refused stays refused (it is not validated again on every pass)."""
+        if len(self._rejected) >= BUILT_CACHE_SIZE:
+            self._rejected.pop(next(iter(self._rejected)))
+        self._rejected[(job.uid, job.generation)] = problem
+
+    async def _report_apply_error(self, job: JobView, decision: Decision, err: ApiError, now: dt.datetime) -> None:
+        """An apply the API server refused for a reason other than the spec (permissions, quota, an outage): say so
+        in the job's status (phase Pending until something exists) before the error is retried."""
+        status = decision.status
+        status.phase = status.phase or Phase.PENDING
+        message = f"applying the children failed, retrying: {err.status} {err.reason}: {err.message}"[:2000]
+        others = [c for c in status.conditions if c.type != ConditionType.CREATED.value]
+        status.conditions = [
+            *others,
+            Condition(
+                type=ConditionType.CREATED.value,
+                status=ConditionStatus.FALSE,
+                reason="ApplyFailed",
+                message=message,
+                last_transition_time=fmt_time(now),
+                observed_generation=job.generation,
+            ),
+        ]
+        try:
+            await self._write_status(job, decision)
+        except ApiError as write_err:
+            log.warning("%s/%s: cannot record the apply error: %s", job.namespace, job.name, write_err.message)
+
+    async def _namespace_terminating(self, namespace: str) -> bool:
+        """Whether the job's namespace is being deleted (False when it cannot be read)."""
+        try:
+            ns = await self.api.get(KINDS["Namespace"].item(None, namespace))
+        except ApiError as err:
+            log.debug("cannot read namespace %s: %s", namespace, err.message)
+            return False
+        if ns is None:
+            return False  # the job was just read: its namespace exists (a watch cache may lag)
+        return bool((ns.get("metadata") or {}).get("deletionTimestamp")) or (
+            (ns.get("status") or {}).get("phase") == "Terminating"
         )
 
     # ---------------------------------------------------------------- observe
@@ -343,14 +447,17 @@ class Reconciler:
         sel = selector(job.name)
         lists = await asyncio.gather(
             *(self.api.list(KINDS[k].collection(job.namespace), sel) for k in kinds),
-            self.api.list(KINDS["Pod"].collection(job.namespace), selector(job.name, COMPONENT_TRAINER)),
+            self.api.list(KINDS["Pod"].collection(job.namespace), sel),
         )
         existing: dict[tuple[str, str], dict[str, Any]] = {}
         for kind, items in zip(kinds, lists[:-1], strict=True):
             for obj in items:
                 if owned_by(obj, job.uid):
                     existing[(kind, obj["metadata"]["name"])] = obj
-        pods = tuple(sorted((pod_info(p) for p in lists[-1]), key=lambda p: p.name))
+        all_pods = sorted(lists[-1], key=lambda p: str(p["metadata"]["name"]))
+        trainer_pods = [p for p in all_pods if _component(p) == COMPONENT_TRAINER]
+        pods = tuple(pod_info(p) for p in trainer_pods)
+        placements = tuple(placement_from_pod(p, _component(p)) for p in all_pods)
 
         def workload(kind: str, component: str) -> Any:
             for (k, _), obj in existing.items():
@@ -365,6 +472,7 @@ class Reconciler:
             inference=workload("Deployment", COMPONENT_INFERENCE),
             trainer=workload("StatefulSet", COMPONENT_TRAINER),
             trainer_pods=pods,
+            placements=placements,
         )
         if regenerate:
             observed = dataclasses.replace(observed, regenerate=await self._observe_regeneration(job, existing))
@@ -387,12 +495,103 @@ class Reconciler:
             pod_failure = failure_from_pods(pods) if "Failed" in conditions else ""
         return job_info(obj, summary, pod_failure)
 
+    async def _schedulable(
+        self,
+        job: JobView,
+        existing: Mapping[tuple[str, str], Mapping[str, Any]],
+        observed: Observed,
+        now: dt.datetime,
+    ) -> Verdict:
+        """Why the job's pods do not run, if they do not: what the scheduler and the workload controllers say, and
+        the objects the spec names that are missing (looked up only while something is missing or pending)."""
+        spec = job.spec
+        assert spec is not None
+        missing: list[MissingObject] = []
+        failures: list[CreateFailure] = []
+        if not _all_running(observed, existing):
+            missing = await self._missing_objects(job)
+            failures = await self._create_failures(job, existing, observed, now)
+        ref = spec.target.hf_token_secret_ref
+        return verdict(
+            observed.placements,
+            missing,
+            failures,
+            now=now,
+            grace_seconds=self.settings.scheduler_grace_seconds,
+            gpu_resource=spec.scheduling.gpu_resource_name,
+            secret_field=("spec.target.hfTokenSecretRef", ref.name) if ref is not None else None,
+        )
+
+    async def _missing_objects(self, job: JobView) -> list[MissingObject]:
+        """The PersistentVolumeClaims and the PriorityClass the spec names that do not exist."""
+        spec = job.spec
+        assert spec is not None
+        wanted: list[tuple[str, str, str]] = [
+            (field, "PersistentVolumeClaim", claim)
+            for field, claim in (
+                ("spec.dataset.claimName", spec.dataset.claim_name),
+                ("spec.target.modelClaimName", spec.target.model_claim_name),
+                ("spec.trainer.output.claimName", spec.trainer.output.claim_name),
+            )
+            if claim
+        ]
+        if spec.scheduling.priority_class_name:
+            wanted.append(("spec.scheduling.priorityClassName", "PriorityClass", spec.scheduling.priority_class_name))
+
+        async def exists(kind: str, name: str) -> bool:
+            try:
+                return await self.api.get(KINDS[kind].item(job.namespace, name)) is not None
+            except ApiError as err:  # e.g. no permission to read it: say nothing rather than something wrong
+                log.debug("cannot look up %s %s: %s", kind, name, err.message)
+                return True
+
+        found = await asyncio.gather(*(exists(kind, name) for _, kind, name in wanted))
+        return [MissingObject(f, k, n) for (f, k, n), ok in zip(wanted, found, strict=True) if not ok]
+
+    async def _create_failures(
+        self,
+        job: JobView,
+        existing: Mapping[tuple[str, str], Mapping[str, Any]],
+        observed: Observed,
+        now: dt.datetime,
+    ) -> list[CreateFailure]:
+        """Workloads whose controller cannot create pods: a Deployment's ReplicaFailure condition, or the
+        FailedCreate events of a StatefulSet that has fewer pods than replicas."""
+        out: list[CreateFailure] = []
+        for (kind, name), obj in existing.items():
+            if kind == "Deployment":
+                for cond in (obj.get("status") or {}).get("conditions") or []:
+                    if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+                        out.append(CreateFailure(f"Deployment/{name}", str(cond.get("message") or cond.get("reason"))))
+            elif kind == "StatefulSet":
+                want = int((obj.get("spec") or {}).get("replicas") or 0)
+                if len(observed.trainer_pods) >= want:
+                    continue
+                fields = f"involvedObject.kind=StatefulSet,involvedObject.name={name},reason=FailedCreate"
+                try:
+                    data = await self.api.request(
+                        "GET", KINDS["Event"].collection(job.namespace), [("fieldSelector", fields)]
+                    )
+                except ApiError as err:
+                    log.debug("cannot list the events of StatefulSet %s: %s", name, err.message)
+                    continue
+                events = sorted(
+                    (
+                        e
+                        for e in (data or {}).get("items") or []
+                        if (seen := parse_time(str(e.get("lastTimestamp") or e.get("eventTime") or ""))) is not None
+                        and (now - seen).total_seconds() <= CREATE_FAILURE_WINDOW
+                    ),
+                    key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""),
+                )
+                if events:
+                    out.append(CreateFailure(f"StatefulSet/{name}", str(events[-1].get("message") or "")))
+        return out
+
     # ---------------------------------------------------------------- act
-    async def _apply_children(
-        self, job: JobView, existing: Mapping[tuple[str, str], Mapping[str, Any]], decision: Decision
-    ) -> int:
+    def _context(self, job: JobView, protocol: str) -> BuildContext:
         assert job.spec is not None
-        ctx = BuildContext(
+        return BuildContext(
             name=job.name,
             namespace=job.namespace,
             uid=job.uid,
@@ -400,57 +599,94 @@ class Reconciler:
             trainer_image=self.settings.trainer_image,
             inference_image=self.settings.inference_image,
             podmonitor_available=bool(self._podmonitor),
-            rdma_available=decision.status.transport_protocol == TransportProtocol.RDMA,
+            rdma_available=protocol == TransportProtocol.RDMA,
         )
+
+    def _manifests(self, job: JobView, ctx: BuildContext, *, trainer_up: bool) -> list[dict[str, Any]]:
+        """Every child built from the job's spec (the regeneration Job included), cached per spec generation."""
+        assert job.spec is not None
         key = (
             job.uid,
-            job.generation,
+            job.spec_generation,
             ctx.podmonitor_available,
             ctx.trainer_image,
             ctx.inference_image,
-            decision.trainer_up,
+            trainer_up,
             ctx.protocol,
         )
         manifests = self._built.get(key)
         if manifests is None:
-            try:
-                manifests = build_children(ctx, trainer_up=decision.trainer_up)
-                if job.spec.dataset.regenerate is not None:
-                    manifests.append(build_regenerate_job(ctx))
-            except (ValidationError, ValueError) as err:
-                raise _Rejected(InvalidSpec("spec", f"cannot build the children: {err}")) from err
+            manifests = build_children(ctx, trainer_up=trainer_up)
+            if job.spec.dataset.regenerate is not None:
+                manifests.append(build_regenerate_job(ctx))
             # The spec of one generation never changes: remember its manifests (bounded).
             if len(self._built) >= BUILT_CACHE_SIZE:
                 self._built.pop(next(iter(self._built)))
             self._built[key] = manifests
+        return manifests
+
+    async def _validate(
+        self, job: JobView, existing: Mapping[tuple[str, str], Mapping[str, Any]]
+    ) -> InvalidSpec | None:
+        """Build every child from the job's (new) spec and let the API server validate them all (server-side dry
+        run) before any is applied: a refused spec leaves nothing behind. The problem, or None. API errors that are
+        not about the spec (permissions, outages) are raised."""
+        ctx = self._context(job, await self.transport_protocol(job))
+        try:
+            manifests = self._manifests(job, ctx, trainer_up=True)
+        except (ValidationError, ValueError) as err:
+            return InvalidSpec("spec", f"cannot build the children: {err}")
+        # A regeneration Job that exists is never updated (its template is immutable): only a new one is checked.
+        checked = [m for m in manifests if m["kind"] != "Job" or (m["kind"], m["metadata"]["name"]) not in existing]
+        try:
+            await self._gather_apply(checked, dry_run=True)
+        except _Rejected as rejected:
+            return rejected.invalid
+        return None
+
+    async def _apply_children(
+        self, job: JobView, existing: Mapping[tuple[str, str], Mapping[str, Any]], decision: Decision
+    ) -> int:
+        assert decision.status.transport_protocol is not None
+        ctx = self._context(job, decision.status.transport_protocol)
+        manifests = self._manifests(job, ctx, trainer_up=decision.trainer_up)
         # The regeneration Job is created once, when the decision asks for it, and never updated (its pod template
-        # is immutable); it is validated with the other workloads on the first pass (dry run) all the same.
+        # is immutable); it was validated with the other children when its generation was accepted.
         jobs = [m for m in manifests if m["kind"] == "Job" and (m["kind"], m["metadata"]["name"]) not in existing]
-        todo = [
-            m
+        actions = {
+            id(m): child_action(m, existing.get((m["kind"], m["metadata"]["name"])))
             for m in manifests
-            if m["kind"] != "Job" and needs_apply(m, existing.get((m["kind"], m["metadata"]["name"])))
-        ]
-        created = job.status.condition("Created")
-        first_time = created is None or created.observed_generation != job.generation
-        checked = [m for m in todo + jobs if m["kind"] in DRY_RUN_KINDS]
+            if m["kind"] != "Job"
+        }
+        todo = [m for m in manifests if actions.get(id(m)) == APPLY]
+        reverts = [m for m in manifests if actions.get(id(m)) == REVERT]
         if decision.regenerate_job:
             todo += jobs
-        if checked and first_time:
-            # Let the API server validate what user input reaches (pod templates, PodMonitor) before
-            # creating anything; the rest is built from already validated names only.
-            await self._gather_apply(checked, dry_run=True)
         first = [m for m in todo if m["kind"] in FIRST_WAVE]
         second = [m for m in todo if m["kind"] not in FIRST_WAVE]
         await self._gather_apply(first, dry_run=False)
         await self._gather_apply(second, dry_run=False)
+        for m in reverts:
+            log.info(
+                "%s/%s: %s %s was edited by hand; putting it back",
+                job.namespace,
+                job.name,
+                m["kind"],
+                m["metadata"]["name"],
+            )
+        await asyncio.gather(
+            *(
+                self.api.merge_patch(kind_of(m).item(job.namespace, m["metadata"]["name"]), revert_patch(m))
+                for m in reverts
+            )
+        )
         # Children that are no longer wanted (e.g. the PodMonitor after metrics.podMonitor: false).
         wanted = {(m["kind"], m["metadata"]["name"]) for m in manifests}
         stale = [(k, n, o) for (k, n), o in existing.items() if (k, n) not in wanted]
         await asyncio.gather(
             *(self.api.delete(KINDS[k].item(job.namespace, n), uid=o["metadata"].get("uid")) for k, n, o in stale)
         )
-        return len(todo)
+        return len(todo) + len(reverts)
 
     async def _gather_apply(self, manifests: Sequence[dict[str, Any]], *, dry_run: bool) -> None:
         async def one(m: dict[str, Any]) -> None:
@@ -460,7 +696,7 @@ class Reconciler:
                     await self.api.request(
                         "PATCH",
                         kind_of(m).item(meta["namespace"], meta["name"]),
-                        [("fieldManager", "dspark-operator"), ("force", "true"), ("dryRun", "All")],
+                        [("fieldManager", FIELD_MANAGER), ("force", "true"), ("dryRun", "All")],
                         m,
                         "application/apply-patch+yaml",
                     )
@@ -470,8 +706,8 @@ class Reconciler:
                 if err.status == 404 and m["kind"] == "PodMonitor":
                     self._podmonitor = False  # the Prometheus Operator CRDs went away: stop creating PodMonitors
                     return
-                if err.status in (400, 422):
-                    raise _Rejected(_invalid_from_api(m, err)) from err
+                if dry_run and err.status in REJECTED_STATUSES:
+                    raise _Rejected(invalid_from_rejection(m, err.body, err.message)) from err
                 raise
 
         await asyncio.gather(*(one(m) for m in manifests))

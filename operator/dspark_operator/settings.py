@@ -35,6 +35,8 @@ class Settings:
     peering: str | None = None  # None: standalone (no peering objects needed)
     watch_server_timeout: float = 300.0
     request_timeout: float = 30.0
+    # A pending pod no scheduler looked at for this long: condition Schedulable=False (scheduling.schedulerName).
+    scheduler_grace_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,4 +56,5 @@ class Settings:
             peering=env.get("DSPARK_OPERATOR_PEERING") or None,
             watch_server_timeout=_env_float(env, "DSPARK_OPERATOR_WATCH_TIMEOUT_SECONDS", 300.0),
             request_timeout=_env_float(env, "DSPARK_OPERATOR_REQUEST_TIMEOUT_SECONDS", 30.0),
+            scheduler_grace_seconds=_env_float(env, "DSPARK_OPERATOR_SCHEDULER_GRACE_SECONDS", 60.0),
         )

@@ -27,8 +27,10 @@ from dspark_operator.api.status import (
     Phase,
     TrainerState,
 )
+from dspark_operator.api.targets import known_target_layers
 from dspark_operator.builders.config import draft_output_path
 from dspark_operator.builders.regenerate_job import dataset_path_for_training, describe_summary, job_conditions
+from dspark_operator.scheduling import PodPlacement, Verdict
 
 SUSPEND_REASON = "Suspend"
 # Reasons of the Regenerating condition (besides the Job's own failure reason).
@@ -105,6 +107,8 @@ class Observed:
     trainer: WorkloadInfo | None = None
     trainer_pods: tuple[PodInfo, ...] = ()
     regenerate: JobInfo | None = None
+    schedulable: Verdict | None = None  # None: not looked at (e.g. the first pass, nothing exists yet)
+    placements: tuple[PodPlacement, ...] = ()  # every pod of the job, for the Schedulable condition
 
 
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
@@ -231,8 +235,9 @@ class _Builder:
         self.requeue: list[float] = []
         self.delete_pods: list[tuple[str, str]] = []
 
-    def condition(self, ctype: ConditionType, value: bool, reason: str, message: str = "") -> None:
-        status = ConditionStatus.TRUE if value else ConditionStatus.FALSE
+    def condition(self, ctype: ConditionType, value: bool | None, reason: str, message: str = "") -> None:
+        """Set a condition (None: Unknown); a change of status or reason is also an event."""
+        status = ConditionStatus.UNKNOWN if value is None else ConditionStatus.TRUE if value else ConditionStatus.FALSE
         old = self.status.condition(ctype.value)
         if old is not None and old.status == status.value and old.reason == reason and old.message == message:
             if old.observed_generation != self.job.generation:
@@ -249,9 +254,13 @@ class _Builder:
         )
         self.status.conditions = [c for c in self.status.conditions if c.type != ctype.value] + [new]
         self.status.conditions.sort(key=lambda c: _CONDITION_ORDER.get(c.type, 99))
-        initial_false = old is None and not value  # a condition that starts out False is no transition
-        if not initial_false and (changed_status or (old is not None and old.reason != reason)):
-            warning = value and ctype in (ConditionType.FAILED, ConditionType.RESTARTING)
+        # A condition that starts out False is no transition, unless False is the news (e.g. Schedulable); some
+        # start out True without news either.
+        quiet_start = old is None and (
+            (value is not True and ctype not in _WARN_WHEN_FALSE) or (value is True and ctype in _QUIET_WHEN_TRUE)
+        )
+        if not quiet_start and (changed_status or (old is not None and old.reason != reason)):
+            warning = (value is True and ctype in _WARN_WHEN_TRUE) or (value is False and ctype in _WARN_WHEN_FALSE)
             text = f"{ctype.value}={status.value}: {message}" if message else f"{ctype.value}={status.value}"
             self.events.append(Event("Warning" if warning else "Normal", reason, text))
 
@@ -273,6 +282,11 @@ class _Builder:
 
 
 _CONDITION_ORDER = {c.value: i for i, c in enumerate(ConditionType)}
+_WARN_WHEN_TRUE = frozenset({ConditionType.FAILED, ConditionType.RESTARTING, ConditionType.SPEC_REJECTED})
+_WARN_WHEN_FALSE = frozenset({ConditionType.SCHEDULABLE, ConditionType.OUTPUT_PERSISTENT})
+_QUIET_WHEN_TRUE = frozenset(
+    {ConditionType.SCHEDULABLE, ConditionType.OUTPUT_PERSISTENT, ConditionType.TARGET_LAYERS_CHECKED}
+)
 
 
 def run_policy_of(job: JobView) -> RunPolicySpec:
@@ -303,6 +317,7 @@ def decide(job: JobView, observed: Observed, now: dt.datetime, *, run_policy: Ru
     spec = job.spec
     assert spec is not None
     progress = st.progress
+    _spec_acceptance(b)
 
     if progress is not None and progress.state == TrainerState.COMPLETED.value:
         st.draft_path = progress.draft_path or draft_output_path(spec)
@@ -344,6 +359,82 @@ def decide(job: JobView, observed: Observed, now: dt.datetime, *, run_policy: Ru
             b.condition(ConditionType.SUSPENDED, False, "SuspendCancelled", "runPolicy.suspend is false again")
 
     return _running(b, policy, observed)
+
+
+def _spec_acceptance(b: _Builder) -> None:
+    """SpecRejected: True while the latest generation is refused and the job works from an older one."""
+    job = b.job
+    if job.rejected is not None:
+        b.condition(
+            ConditionType.SPEC_REJECTED,
+            True,
+            "InvalidSpec",
+            f"generation {job.generation} is not used: {job.rejected}. The job keeps running on generation "
+            f"{job.spec_generation}; fix the field (or revert the edit)",
+        )
+    elif b.status.is_true(ConditionType.SPEC_REJECTED.value):
+        b.condition(ConditionType.SPEC_REJECTED, False, "SpecAccepted", f"generation {job.generation} is in use")
+
+
+def _target_layers(b: _Builder) -> None:
+    """TargetLayersChecked: True for a target of known depth (the layers were checked with the spec), Unknown
+    otherwise (the trainer checks them when it loads the target's config)."""
+    spec = b.job.spec
+    assert spec is not None
+    layers = known_target_layers(spec.target.model)
+    if layers is not None:
+        try:
+            ids = spec.draft.resolve_target_layer_ids(layers)
+        except ValueError as err:
+            b.condition(ConditionType.TARGET_LAYERS_CHECKED, False, "LayersDoNotFit", str(err))
+            return
+        b.condition(
+            ConditionType.TARGET_LAYERS_CHECKED,
+            True,
+            "KnownTarget",
+            f"target layers {ids} fit {spec.target.model} ({layers} layers)",
+        )
+    else:
+        what = (
+            f"draft.targetLayerIds {spec.draft.target_layer_ids}"
+            if spec.draft.target_layer_ids is not None
+            else f"draft.numTargetLayersCaptured={spec.draft.num_target_layers_captured}"
+        )
+        b.condition(
+            ConditionType.TARGET_LAYERS_CHECKED,
+            None,
+            "TargetConfigUnknown",
+            f"the operator does not know the depth of {spec.target.model}: the trainer checks {what} against the "
+            "target's config when it starts, and a mismatch fails the job (TrainerFailed, no restarts)",
+        )
+
+
+def _output_persistence(b: _Builder) -> None:
+    """OutputPersistent: whether checkpoints and the draft outlive the trainer pods."""
+    spec = b.job.spec
+    assert spec is not None
+    out = spec.trainer.output
+    if out.claim_name:
+        b.condition(
+            ConditionType.OUTPUT_PERSISTENT,
+            True,
+            "ClaimMounted",
+            f"checkpoints and the draft are written to PersistentVolumeClaim {out.claim_name} at {out.mount_path}",
+        )
+    else:
+        b.condition(
+            ConditionType.OUTPUT_PERSISTENT,
+            False,
+            "EmptyDir",
+            "spec.trainer.output.claimName is not set: checkpoints and the draft go to an emptyDir and are lost with "
+            "the trainer pods (a gang restart starts from scratch); set it to a PersistentVolumeClaim",
+        )
+
+
+def _schedulability(b: _Builder, observed: Observed) -> None:
+    verdict = observed.schedulable
+    if verdict is not None:
+        b.condition(ConditionType.SCHEDULABLE, verdict.schedulable, verdict.reason, verdict.message)
 
 
 def _terminal(b: _Builder, policy: RunPolicySpec) -> Decision:
@@ -440,6 +531,9 @@ def _running(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision
         if policy.active_deadline_seconds is not None:
             b.requeue.append(float(policy.active_deadline_seconds))
     b.condition(ConditionType.CREATED, True, "ChildrenApplied", "all children are applied")
+    _target_layers(b)
+    _output_persistence(b)
+    _schedulability(b, observed)
 
     mooncake_ready = observed.mooncake is not None and observed.mooncake.ready_replicas >= 1
     b.condition(

@@ -62,7 +62,7 @@ def test_default_render() -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Service",
-         "Deployment", "ConfigMap", "ConfigMap"]
+         "Deployment", "ConfigMap", "ConfigMap", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     )
     for d in docs:  # standard labels everywhere
         labels = d["metadata"]["labels"]
@@ -102,7 +102,8 @@ def test_non_default_render() -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Role", "RoleBinding", "RoleBinding", "Service",
-         "Deployment", "ConfigMap", "ConfigMap", "ServiceMonitor", "PodMonitor", "PrometheusRule"]
+         "Deployment", "ConfigMap", "ConfigMap", "ServiceMonitor", "PodMonitor", "PrometheusRule",
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     )
     assert {d["metadata"]["name"] for d in by_kind(docs, "Deployment")} == {"dspark-op"}
     assert {r["metadata"]["namespace"] for r in by_kind(docs, "Role")} == {"team-a", "team-b"}
@@ -226,8 +227,9 @@ def test_rbac_least_privilege() -> None:
     (kopf,) = [d for d in render("--set", "rbac.scope=namespace") if d["kind"] == "ClusterRole"]
     assert kopf["rules"] == [
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+        {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get"]},
     ]
 
 
@@ -278,6 +280,30 @@ def test_rbac_covers_what_the_operator_creates() -> None:
             assert allowed(rules, group, resource, verb), (resource, verb)
     assert allowed(rules, "batch", "jobs", "create")
     assert allowed(rules, "", "events", "create")
+
+
+def test_trainer_status_policy_is_the_generated_one() -> None:
+    """The chart's ValidatingAdmissionPolicy is what dspark_operator.policy generates from the status model: every
+    status field but progress is guarded, for the trainer ServiceAccount of the job being changed only."""
+    from dspark_operator import policy
+    from dspark_operator.api.status import OPERATOR_STATUS_FIELDS
+
+    template = CHART / "templates" / "trainer-status-policy.yaml"
+    assert template.read_text() == policy.render_template(), "run: python -m dspark_operator.policy --write"
+    assert policy.main(["--check", "--output", str(template)]) == 0
+    docs = render()
+    (vap,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert vap["spec"] == policy.policy_spec()
+    assert binding["spec"] == {"policyName": vap["metadata"]["name"], "validationActions": ["Deny"]}
+    guarded = {v["expression"].split(".?")[-1] for v in vap["spec"]["validations"]}
+    assert guarded == set(OPERATOR_STATUS_FIELDS) and "progress" not in guarded
+    assert {"phase", "restarts", "conditions", "acceptedSpec"} <= guarded
+    (rule,) = vap["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["dsparktrainingjobs/status"] and rule["operations"] == ["UPDATE"]
+    assert "'-trainer'" in vap["spec"]["matchConditions"][0]["expression"]
+    off = render("--set", "trainerStatusPolicy.enabled=false")
+    assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
 
 
 # ------------------------------------------------------------------------------------ CRD, dashboards, rules

@@ -114,6 +114,8 @@ def _objects_of_release(cluster: LocalCluster, namespace: str, release: str) -> 
         ("serviceaccounts", True), ("configmaps", True), ("roles.rbac.authorization.k8s.io", True),
         ("rolebindings.rbac.authorization.k8s.io", True), ("clusterroles.rbac.authorization.k8s.io", False),
         ("clusterrolebindings.rbac.authorization.k8s.io", False),
+        ("validatingadmissionpolicies.admissionregistration.k8s.io", False),
+        ("validatingadmissionpolicybindings.admissionregistration.k8s.io", False),
     ):
         args = ["get", resource, "-l", sel, "-o", "name"]
         args += ["-n", namespace] if namespaced else []

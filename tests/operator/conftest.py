@@ -11,6 +11,11 @@ from harness.operator_process import OperatorProcess
 from operator_cluster_env import REPO, OperatorEnv
 
 CRD = REPO / "crds" / "dsparktrainingjobs.dspark.io.yaml"
+CHART = REPO / "charts" / "dspark-operator"
+POLICY_TEMPLATE = "templates/trainer-status-policy.yaml"
+POLICY_RELEASE = "dspark-operator-tests"
+# A pending pod no scheduler looked at for this long gets Schedulable=False (the default is 60 s).
+SCHEDULER_GRACE_SECONDS = 8
 # More GPU nodes than the cluster's default four, so both examples and the other tests fit at once:
 # the scheduler spreads the 1-GPU inference pods over the emptiest nodes, and each 8-GPU trainer pod
 # then needs a node with no inference pod on it.
@@ -19,9 +24,12 @@ EXTRA_NODES = tuple(NodeSpec(f"dspark-op-gpu-{i}", gpus=8, rdma=8) for i in rang
 
 @pytest.fixture(scope="session")
 def dsj_env(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorEnv]:
-    """The CRD installed, extra GPU nodes, and `dspark-operator` running cluster-wide."""
+    """The CRD and the chart's trainer-status admission policy installed, extra GPU nodes, and `dspark-operator`
+    running cluster-wide."""
     k8s_cluster.kubectl("apply", "-f", str(CRD))
     k8s_cluster.wait_crd_established("dsparktrainingjobs.dspark.io")
+    policy = k8s_cluster.helm("template", POLICY_RELEASE, str(CHART), "--show-only", POLICY_TEMPLATE).stdout
+    k8s_cluster.kubectl("apply", "-f", "-", input=policy)
     for node in EXTRA_NODES:
         status, out = k8s_cluster.api("POST", "/api/v1/nodes", node.manifest())
         assert status in (201, 409), out
@@ -39,7 +47,11 @@ def dsj_env(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory)
         what="the extra kwok GPU nodes to be Ready",
     )
     log = tmp_path_factory.mktemp("dspark-operator") / "operator.log"
-    operator = OperatorProcess(k8s_cluster.kubeconfig, log, args=["--resync-seconds", "30"])
+    operator = OperatorProcess(
+        k8s_cluster.kubeconfig,
+        log,
+        args=["--resync-seconds", "30", "--scheduler-grace-seconds", str(SCHEDULER_GRACE_SECONDS)],
+    )
     operator.start()
     env = OperatorEnv(k8s_cluster, operator)
     try:
@@ -47,5 +59,6 @@ def dsj_env(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory)
     finally:
         operator.stop()
         k8s_cluster.kubectl("delete", "-f", str(CRD), "--wait=false", check=False)
+        k8s_cluster.kubectl("delete", "-f", "-", "--wait=false", input=policy, check=False)
         for node in EXTRA_NODES:
             k8s_cluster.api("DELETE", f"/api/v1/nodes/{node.name}")

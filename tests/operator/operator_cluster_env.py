@@ -7,9 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from harness.cluster import LocalCluster, wait_until
-from harness.operator_process import OperatorProcess
+from harness.operator_process import OperatorProcess, small_job_manifest
 
 REPO = Path(__file__).resolve().parents[2]
+API = "/apis/dspark.io/v1alpha1"
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in (nested dicts merged, anything else replaced)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def small_job(name: str, *, nodes: int = 1, gpus: int = 1, **spec: Any) -> dict[str, Any]:
+    """A job that fits many times on the kwok nodes (tcp transport, few GPUs, tiny requests); `spec` entries are
+    merged into the spec's sections."""
+    body = small_job_manifest(name, nodes=nodes, gpus_per_node=gpus)
+    body["spec"] = merged(body["spec"], spec)
+    return body
 
 
 class OperatorEnv:
@@ -126,6 +143,42 @@ class OperatorEnv:
 
     def merge_patch(self, ns: str, name: str, patch: dict[str, Any]) -> None:
         self.kubectl("patch", "-n", ns, "dsj", name, "--type=merge", "-p", json.dumps(patch))
+
+    def trainer_client(self, ns: str, job: str) -> Any:
+        """A kubernetes ApiClient authenticated as the job's trainer ServiceAccount (a token from the TokenRequest
+        API, as a trainer pod gets one)."""
+        from kubernetes import client as k8s_client
+
+        token = self.kubectl("create", "token", "-n", ns, f"{job}-trainer").stdout.strip()
+        cfg = k8s_client.Configuration()
+        cfg.host = self.cluster.server
+        cfg.ssl_ca_cert = str(self.cluster.pki.ca.cert)
+        cfg.api_key = {"BearerToken": token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
+        return k8s_client.ApiClient(cfg)
+
+    @staticmethod
+    def request_as(client: Any, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        """One REST call with `client` (merge patch for PATCH): (HTTP status, body text)."""
+        headers = {"Accept": "application/json"}
+        if method == "PATCH":
+            headers["Content-Type"] = "application/merge-patch+json"
+        serialized = client.param_serialize(
+            method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = client.call_api(*serialized)
+        return int(response.status), response.read().decode("utf-8", "replace")
+
+    def can_i(self, verb: str, resource: str, ns: str, user: str, *, subresource: str | None = None) -> bool:
+        """`kubectl auth can-i` as `user`; `resource` may be TYPE/NAME."""
+        args = ["auth", "can-i", verb, resource, "-n", ns, f"--as={user}"]
+        if subresource:
+            args.append(f"--subresource={subresource}")
+        return str(self.kubectl(*args, check=False).stdout).strip() == "yes"
+
+    def events(self, ns: str, name: str) -> str:
+        """`kubectl get events` of one object (reason and message columns included)."""
+        return str(self.kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}").stdout)
 
     def wait_reconciled(self, before: float, timeout: float = 30) -> None:
         """Wait until the operator finished at least one more reconciliation than `before`."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dspark_operator.api import JobView, parse_job
 from dspark_operator.builders import BuildContext
+from dspark_operator.kube import KINDS, ApiError
 from dspark_operator.status import Observed, PodInfo, WorkloadInfo
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -120,3 +121,92 @@ def find(manifests: list[dict[str, Any]], kind: str, component: str | None = Non
 
 def env_of(container: Mapping[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+class FakeApi:
+    """Enough of KubeApi for the reconciler: objects by path, label selectors by equality, apply = merge."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.reject: dict[str, tuple[int, dict[str, Any]]] = {}  # dry runs of these paths fail: (status, Status body)
+        self._rv = 0
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self._rv += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
+        obj["metadata"].setdefault("uid", f"uid-{self._rv}")
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        obj = self.objects.get(path)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        want = dict(p.split("=", 1) for p in (label_selector or "").split(",") if p)
+        out = []
+        for key, obj in self.objects.items():
+            if key.rsplit("/", 1)[0] != path:
+                continue
+            labels = obj["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in want.items()):
+                out.append(copy.deepcopy(obj))
+        return out
+
+    async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+        path = KINDS[manifest["kind"]].item(manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        self.calls.append(("apply", path))
+        obj = copy.deepcopy(dict(manifest))
+        old = self.objects.get(path)
+        if old is not None:
+            obj["metadata"]["uid"] = old["metadata"]["uid"]
+            obj["status"] = old.get("status", {})
+        self._bump(obj)
+        self.objects[path] = obj
+        return copy.deepcopy(obj)
+
+    async def request(
+        self, method: str, path: str, query: Sequence[tuple[str, str]] = (), body: Any = None, content_type: Any = None
+    ) -> dict[str, Any]:
+        if method == "GET":
+            return {"items": []}
+        assert ("dryRun", "All") in query
+        self.calls.append(("dry-run", path))
+        if path in self.reject:
+            status, answer = self.reject[path]
+            raise ApiError(status, str(answer.get("reason", "Invalid")), str(answer.get("message", "")), answer)
+        return {}
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", path))
+        base = path.removesuffix("/status").removesuffix("/scale")
+        obj = self.objects[base]
+        if path.endswith("/status"):
+            status = obj.setdefault("status", {})
+            for k, v in patch["status"].items():
+                if v is None:
+                    status.pop(k, None)
+                else:
+                    status[k] = v
+        elif path.endswith("/scale"):
+            obj["spec"]["replicas"] = patch["spec"]["replicas"]
+        else:  # a merge patch of the object (lists replaced, maps merged)
+            _merge(obj, patch)
+        self._bump(obj)
+        return copy.deepcopy(obj)
+
+    async def delete(self, path: str, *, uid: str | None = None, propagation: str = "Background", **_: Any) -> bool:
+        self.calls.append(("delete", path))
+        return self.objects.pop(path, None) is not None
+
+    async def api_group_exists(self, group_version: str) -> bool:
+        return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import signal
 import subprocess
 import time
@@ -274,9 +275,18 @@ def test_builders_are_deterministic_and_needs_apply() -> None:
     assert a == b
     sts = find(a, "StatefulSet")
     assert needs_apply(sts, None)
-    existing = {"metadata": {"annotations": dict(sts["metadata"]["annotations"])}, "spec": {"replicas": 2}}
+    # As the API server returns it: what was applied, with defaults and fields of its own added.
+    existing = copy.deepcopy(sts)
+    existing["metadata"].update(uid="u", resourceVersion="7", annotations={**sts["metadata"]["annotations"], "x": "y"})
+    existing["spec"]["revisionHistoryLimit"] = 10
+    container = existing["spec"]["template"]["spec"]["containers"][0]
+    container["terminationMessagePath"] = "/dev/termination-log"
+    container["env"][1]["valueFrom"]["fieldRef"]["apiVersion"] = "v1"
     assert not needs_apply(sts, existing)
     existing["spec"]["replicas"] = 0  # scaled down through /scale, then resumed
+    assert needs_apply(sts, existing)
+    existing["spec"]["replicas"] = sts["spec"]["replicas"]
+    container["image"] = "edited/by-hand:1"  # a hand edit the hash annotation does not show
     assert needs_apply(sts, existing)
     changed = find(build_children(make_ctx({**PROD, "trainer": {**PROD["trainer"], "nodes": 4}})), "StatefulSet")
     assert (

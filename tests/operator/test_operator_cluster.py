@@ -12,20 +12,11 @@ import yaml
 from dspark_trainer.status_reporter import StatusReporter
 from harness.operator_process import small_job_manifest
 from module_loader import load_module
-from operator_cluster_env import REPO, OperatorEnv
+from operator_cluster_env import REPO, OperatorEnv, small_job
 
 pytestmark = pytest.mark.cluster
 
 API = "/apis/dspark.io/v1alpha1"
-
-
-def small_job(name: str, *, nodes: int = 1, gpus: int = 1, **spec: Any) -> dict[str, Any]:
-    """A job that fits many times on the kwok nodes (tcp transport, few GPUs, tiny requests); `spec` entries are
-    merged into the spec's sections."""
-    body = small_job_manifest(name, nodes=nodes, gpus_per_node=gpus)
-    for key, value in spec.items():
-        body["spec"][key] = {**body["spec"].get(key, {}), **value}
-    return body
 
 
 def reporter_for(env: OperatorEnv, ns: str, job: str) -> StatusReporter:
@@ -86,6 +77,7 @@ def _prepare_production_namespace(env: OperatorEnv, ns: str) -> None:
 def test_examples_create_every_child_and_pods_run_on_gpu_nodes(dsj_env: OperatorEnv, k8s_namespace: str) -> None:
     env, ns = dsj_env, k8s_namespace
     _prepare_production_namespace(env, ns)
+    log_start = len(env.operator.log_path.read_text())
     for example in ("minimal-job.yaml", "production-job.yaml"):
         env.kubectl("apply", "-n", ns, "-f", str(REPO / "examples" / example))
     jobs = {
@@ -140,6 +132,11 @@ def test_examples_create_every_child_and_pods_run_on_gpu_nodes(dsj_env: Operator
     assert sorted(p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] for p in trainer) == ["0", "1"]
     out = env.kubectl("get", "dsj", "-n", ns).stdout
     assert "Running" in out and prod in out
+    # What the API server stored compares equal to what was applied (defaults aside): no child looks hand-edited.
+    count = env.operator.reconciles()
+    env.kubectl("annotate", "dsj", "-n", ns, "--all", "settle=1")
+    env.wait(lambda: env.operator.reconciles() >= count + 2, what="two more reconciliations")
+    assert "edited by hand" not in env.operator.log_path.read_text()[log_start:]
 
 
 # ----------------------------------------------------------------------------------- progress
@@ -429,18 +426,17 @@ def test_spec_errors_the_schema_cannot_catch_fail_the_job_and_create_nothing(
     dsj_env: OperatorEnv, k8s_namespace: str
 ) -> None:
     env, ns = dsj_env, k8s_namespace
-    batch = small_job("batch", nodes=3, gpus=1)
-    batch["spec"]["trainer"]["schedule"]["globalBatchSize"] = 10  # not a multiple of 3 ranks
+    flags = small_job("flags", inference={"extraArgs": ["--port=31000"]})  # a flag the operator derives
     label = small_job("label", scheduling={"nodeSelector": {"pool": "has spaces!"}})  # the API server rejects pods
-    for body in (batch, label):
+    for body in (flags, label):
         env.apply(ns, body)
-    for name, field in (("batch", "spec.trainer.schedule.globalBatchSize"), ("label", "nodeSelector")):
+    for name, field in (("flags", "spec.inference.extraArgs[0]"), ("label", "spec.scheduling.nodeSelector")):
         env.wait_phase(ns, name, "Failed")
         failed = env.condition(ns, name, "Failed")
         assert failed is not None and failed["reason"] == "InvalidSpec"
         assert field in failed["message"], failed["message"]
         assert env.children(ns, name) == {}, "nothing is created for an invalid spec"
-    events = env.kubectl("get", "events", "-n", ns, "--field-selector", "involvedObject.name=batch").stdout
+    events = env.kubectl("get", "events", "-n", ns, "--field-selector", "involvedObject.name=flags").stdout
     assert "InvalidSpec" in events
     assert env.operator.alive()
 

@@ -8,7 +8,7 @@ import asyncio
 import copy
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -24,14 +24,13 @@ from dspark_operator.builders.regenerate_job import (
     regenerate_args,
     summary_from_pod,
 )
-from dspark_operator.kube import KINDS
 from dspark_operator.metrics import OperatorMetrics
 from dspark_operator.reconcile import LogEventSink, Reconciler
 from dspark_operator.settings import Settings
 from dspark_operator.status import JobInfo, Observed, WorkloadInfo, Workloads, decide, job_info
 from dspark_trainer.cli import build_parser
 from dspark_trainer.commands.data import _options
-from operator_helpers import NOW, UID, assert_invalid, find, job_body, make_ctx, make_job, observed_up
+from operator_helpers import NOW, UID, FakeApi, assert_invalid, find, job_body, make_ctx, make_job, observed_up
 
 REGEN: dict[str, Any] = {
     "dataset": {"path": "/data/prompts/*.jsonl", "claimName": "prompts", "regenerate": {}},
@@ -451,77 +450,6 @@ def test_jobs_without_regenerate_have_no_regenerating_condition() -> None:
 
 
 # ----------------------------------------------------------------------------------- reconciler (fake API)
-
-
-class FakeApi:
-    """Enough of KubeApi for the reconciler: objects by path, label selectors by equality, apply = merge."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.calls: list[tuple[str, str]] = []
-        self._rv = 0
-
-    def _bump(self, obj: dict[str, Any]) -> None:
-        self._rv += 1
-        obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
-        obj["metadata"].setdefault("uid", f"uid-{self._rv}")
-
-    async def get(self, path: str) -> dict[str, Any] | None:
-        obj = self.objects.get(path)
-        return copy.deepcopy(obj) if obj is not None else None
-
-    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        want = dict(p.split("=", 1) for p in (label_selector or "").split(",") if p)
-        out = []
-        for key, obj in self.objects.items():
-            if key.rsplit("/", 1)[0] != path:
-                continue
-            labels = obj["metadata"].get("labels") or {}
-            if all(labels.get(k) == v for k, v in want.items()):
-                out.append(copy.deepcopy(obj))
-        return out
-
-    async def apply(self, manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
-        path = KINDS[manifest["kind"]].item(manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-        self.calls.append(("apply", path))
-        obj = copy.deepcopy(dict(manifest))
-        old = self.objects.get(path)
-        if old is not None:
-            obj["metadata"]["uid"] = old["metadata"]["uid"]
-            obj["status"] = old.get("status", {})
-        self._bump(obj)
-        self.objects[path] = obj
-        return copy.deepcopy(obj)
-
-    async def request(
-        self, method: str, path: str, query: Sequence[tuple[str, str]] = (), body: Any = None, content_type: Any = None
-    ) -> dict[str, Any]:
-        assert ("dryRun", "All") in query
-        self.calls.append(("dry-run", path))
-        return {}
-
-    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        self.calls.append(("patch", path))
-        base = path.removesuffix("/status").removesuffix("/scale")
-        obj = self.objects[base]
-        if path.endswith("/status"):
-            status = obj.setdefault("status", {})
-            for k, v in patch["status"].items():
-                if v is None:
-                    status.pop(k, None)
-                else:
-                    status[k] = v
-        else:
-            obj["spec"]["replicas"] = patch["spec"]["replicas"]
-        self._bump(obj)
-        return copy.deepcopy(obj)
-
-    async def delete(self, path: str, *, uid: str | None = None, propagation: str = "Background", **_: Any) -> bool:
-        self.calls.append(("delete", path))
-        return self.objects.pop(path, None) is not None
-
-    async def api_group_exists(self, group_version: str) -> bool:
-        return False
 
 
 JOB_PATH = "/apis/batch/v1/namespaces/ns/jobs/demo-regenerate"

@@ -58,7 +58,9 @@ def test_new_job_creates_children_and_is_pending() -> None:
     assert cond(d, "Running")["status"] == "False"
     assert cond(d, "TrainerReady")["reason"] == "WaitingForGang"
     assert d.requeue_after is not None
-    assert sorted(e.reason for e in d.events) == ["ChildrenApplied", "PhasePending"]
+    # OutputPersistent=False (no output claim: an emptyDir) is a Warning from the start.
+    assert sorted(e.reason for e in d.events) == ["ChildrenApplied", "EmptyDir", "PhasePending"]
+    assert [e.type for e in d.events if e.reason == "EmptyDir"] == ["Warning"]
 
 
 def test_everything_up_is_running_with_the_gang_recorded() -> None:

@@ -109,10 +109,14 @@ app.kubernetes.io/part-of: dspark
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "delete"]
-# Events on jobs (Kopf and the reconciler).
+# Events on jobs (Kopf and the reconciler); listed to tell why a trainer StatefulSet creates no pods.
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "list"]
+# The claims a job names, looked up when its pods cannot start (Schedulable=False names the missing one).
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
 {{- if .Values.rbac.batchJobs }}
 # Data regeneration (responses by the target model) runs as a batch Job.
 - apiGroups: ["batch"]

@@ -3,8 +3,8 @@
 Every field has a description (it becomes `kubectl explain` text). Constraints a CRD
 schema can express live on the fields (ranges, enums, patterns) or as CEL rules
 (`x-kubernetes-validations`, added by :mod:`dspark_operator.crdgen`); the rest are
-checked by :func:`dspark_operator.api.validation.validate_job`, which the operator runs
-before creating anything (a failure is reported as `Failed`/`InvalidSpec`).
+checked by :mod:`dspark_operator.api.checks` (through :func:`dspark_operator.api.job.parse_spec`),
+which the operator runs on every generation before anything acts on it.
 
 Sections shared with the rendered job config (`dspark_trainer.config.job.JobConfig`, the pod
 contract) are the same pydantic models or subclasses of them (`DraftOptions`, `OptimizerConfig`,
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from dspark_trainer.config import (
     CaptureSettings,
@@ -32,7 +32,9 @@ from dspark_trainer.config import (
     ScheduleConfig,
     TransportSettings,
 )
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
+
+from dspark_operator.api.paths import mount_path_problem, overlaps, relative_dir_problem
 
 # The Kubernetes resource.Quantity grammar (as in the apimachinery OpenAPI schema).
 QUANTITY_PATTERN = (
@@ -46,6 +48,20 @@ RESOURCE_NAME = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# A label value (Kueue's queue name is one): at most 63 characters, alphanumeric at both ends.
+LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+# A name that is neither blank nor padded with spaces (a model id, a dataset path).
+NAMED = r"^\S(.*\S)?$"
+_NAMED_RE = re.compile(NAMED)
+# The largest inline chat template (the rendered job config must fit a ConfigMap, at most 1 MiB).
+MAX_CHAT_TEMPLATE = 256 * 1024
+
+
+def check_named(value: str, field: str, example: str) -> str:
+    """`value` unless it is blank or starts/ends with whitespace (then ValueError naming `field`)."""
+    if not _NAMED_RE.match(value):
+        raise ValueError(f"{value!r} is blank or starts/ends with whitespace: {field} must name it, e.g. {example}")
+    return value
 
 
 def _check_quantity(value: int | str) -> int | str:
@@ -92,7 +108,7 @@ class EnvVar(ConfigModel):
     """A plain environment variable for a container."""
 
     name: str = Field(..., min_length=1, max_length=256, pattern=ENV_NAME, description="Variable name.")
-    value: str = Field("", description="Variable value.")
+    value: str = Field("", max_length=32768, description="Variable value.")
 
 
 # --------------------------------------------------------------------------------------
@@ -129,6 +145,11 @@ class TargetSpec(ConfigModel):
     hf_token_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret key holding a Hugging Face token, exposed as HF_TOKEN to inference and trainer pods."
     )
+
+    @field_validator("model")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        return check_named(value, "target.model", "Qwen/Qwen3-8B or /models/qwen3-8b")
 
 
 class RegenerateSpec(ConfigModel):
@@ -230,7 +251,14 @@ class DatasetSpec(DatasetConfig):
         max_length=4096,
         description=(
             "A jsonl file, a directory of *.jsonl, or a glob, as seen inside the trainer pods "
-            "(e.g. /data/train.jsonl when claimName mounts a volume at /data)."
+            "(e.g. /data/train.jsonl when claimName mounts a volume at /data). Immutable."
+        ),
+    )
+    chat_template: str | None = Field(
+        None,
+        max_length=MAX_CHAT_TEMPLATE,
+        description=(
+            "Jinja chat template (inline, at most 256 KiB, or a file path in the pods). Default: the tokenizer's."
         ),
     )
     claim_name: str | None = Field(
@@ -238,7 +266,9 @@ class DatasetSpec(DatasetConfig):
         min_length=1,
         max_length=253,
         pattern=DNS1123_SUBDOMAIN,
-        description="PersistentVolumeClaim holding the dataset, mounted read-only at /data in the trainer pods.",
+        description=(
+            "PersistentVolumeClaim holding the dataset, mounted read-only at /data in the trainer pods. Immutable."
+        ),
     )
     regenerate: RegenerateSpec | None = Field(
         None,
@@ -247,6 +277,11 @@ class DatasetSpec(DatasetConfig):
             "Needs trainer.output.claimName. Immutable."
         ),
     )
+
+    @field_validator("path")
+    @classmethod
+    def _path_named(cls, value: str) -> str:
+        return check_named(value, "dataset.path", "/data/train.jsonl")
 
 
 class InferenceSpec(InferenceConfig):
@@ -288,7 +323,8 @@ class CheckpointSpec(CheckpointSettings):
 
 
 class OutputSpec(ConfigModel):
-    """Where checkpoints and the exported draft are written."""
+    """Where checkpoints and the exported draft are written: directories inside the output volume. Every field is
+    immutable (changing one would leave the checkpoints of the running job behind)."""
 
     claim_name: str | None = Field(
         None,
@@ -297,18 +333,57 @@ class OutputSpec(ConfigModel):
         pattern=DNS1123_SUBDOMAIN,
         description=(
             "PersistentVolumeClaim mounted at mountPath in the trainer pods (ReadWriteMany for more than one node). "
-            "Without it an emptyDir is used and the result is lost with the pods (testing only)."
+            "Without it an emptyDir is used and the result is lost with the pods (testing only; the job reports "
+            "condition OutputPersistent=False and a Warning event)."
         ),
     )
     mount_path: str = Field(
-        "/output", min_length=2, max_length=1024, pattern=r"^/.*", description="Mount path of the output volume."
+        "/output",
+        min_length=2,
+        max_length=1024,
+        description=(
+            "Mount path of the output volume in the trainer pods: absolute, not over a path the operator mounts "
+            "(/etc/dspark, /dev/shm, /data, /models, the ServiceAccount token) or a system directory."
+        ),
     )
     draft_dir: str = Field(
-        "draft", min_length=1, max_length=1024, description="Directory under mountPath for the exported draft."
+        "draft",
+        min_length=1,
+        max_length=1024,
+        description="Directory inside the output volume (relative to mountPath, no '..') for the exported draft.",
     )
     checkpoint_dir: str = Field(
-        "checkpoints", min_length=1, max_length=1024, description="Directory under mountPath for checkpoints."
+        "checkpoints",
+        min_length=1,
+        max_length=1024,
+        description="Directory inside the output volume (relative to mountPath, no '..') for checkpoints.",
     )
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        problem = mount_path_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("draft_dir", "checkpoint_dir")
+    @classmethod
+    def _inside_the_volume(cls, value: str, info: Any) -> str:
+        field = "trainer.output.draftDir" if info.field_name == "draft_dir" else "trainer.output.checkpointDir"
+        problem = relative_dir_problem(field, value, "draft" if info.field_name == "draft_dir" else "checkpoints")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _apart(self) -> OutputSpec:
+        if overlaps(self.draft_dir, self.checkpoint_dir):
+            raise ValueError(
+                f"trainer.output.draftDir: {self.draft_dir!r} must not be, contain or lie inside "
+                f"trainer.output.checkpointDir ({self.checkpoint_dir!r}): old checkpoints are pruned from there"
+            )
+        return self
 
 
 class TrainerSpec(ConfigModel):
@@ -421,6 +496,17 @@ class Toleration(ConfigModel):
         None, description="For NoExecute: how long the pod stays bound after the taint appears."
     )
 
+    @model_validator(mode="after")
+    def _as_kubernetes_accepts(self) -> Toleration:
+        # The rules of a Pod's tolerations, said here with the field the user wrote.
+        if self.operator == TolerationOperator.EXISTS and self.value:
+            raise ValueError(f"value: must be empty with operator Exists (got {self.value!r}); drop it or use Equal")
+        if not self.key and self.operator != TolerationOperator.EXISTS:
+            raise ValueError("operator: must be Exists when key is empty (an empty key matches every taint)")
+        if self.toleration_seconds is not None and self.effect != TaintEffect.NO_EXECUTE:
+            raise ValueError("tolerationSeconds: only applies with effect NoExecute; set effect: NoExecute or drop it")
+        return self
+
 
 class SchedulingSpec(ConfigModel):
     """Where and with which priority the job's pods run."""
@@ -435,14 +521,32 @@ class SchedulingSpec(ConfigModel):
         default_factory=list, max_length=64, description="Tolerations of every pod (e.g. for tainted GPU nodes)."
     )
     scheduler_name: str | None = Field(
-        None, min_length=1, max_length=253, description="Scheduler for every pod (e.g. a gang scheduler)."
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description="Scheduler for every pod (e.g. a gang scheduler).",
     )
     queue_name: str | None = Field(
         None,
         min_length=1,
         max_length=63,
-        description="Kueue LocalQueue: sets the kueue.x-k8s.io/queue-name label on the workloads and pods.",
+        description=(
+            "Kueue LocalQueue: sets the kueue.x-k8s.io/queue-name label on the workloads and pods (so it must be a "
+            "label value: at most 63 of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)."
+        ),
     )
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_is_a_label_value(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(LABEL_VALUE, value):
+            raise ValueError(
+                f"{value!r} is not a label value (it becomes the kueue.x-k8s.io/queue-name label): at most 63 "
+                "characters of A-Z, a-z, 0-9, '-', '_' and '.', alphanumeric at both ends"
+            )
+        return value
+
     gpu_resource_name: str = Field(
         "nvidia.com/gpu", min_length=1, max_length=253, pattern=RESOURCE_NAME, description="Extended resource of GPUs."
     )

@@ -2,7 +2,8 @@
 
 The operator owns everything except `progress`, which the trainer's rank 0 patches through
 :class:`dspark_trainer.status_reporter.StatusReporter` (the trainer's Role allows patching the
-status subresource of its own job only).
+status subresource of its own job only, and the chart's ValidatingAdmissionPolicy refuses a patch by
+the trainer's ServiceAccount that touches any other field: :data:`OPERATOR_STATUS_FIELDS`).
 
 Status models ignore unknown keys when reading, so an operator never fails on a status written
 by a newer or older version; the CRD schema still rejects unknown keys on writes.
@@ -11,6 +12,7 @@ by a newer or older version; the CRD schema still rejects unknown keys on writes
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -54,6 +56,10 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    SPEC_REJECTED = "SpecRejected"  # the latest generation is not used (the job runs on status.acceptedSpec)
+    SCHEDULABLE = "Schedulable"  # every pod of the job can be placed (False: why not)
+    TARGET_LAYERS_CHECKED = "TargetLayersChecked"  # draft.targetLayerIds checked against the target's depth
+    OUTPUT_PERSISTENT = "OutputPersistent"  # checkpoints and the draft go to a PersistentVolumeClaim
 
 
 class ConditionStatus(StrEnum):
@@ -205,6 +211,17 @@ class DSparkTrainingJobStatus(StatusModel):
             "when the job's children are first created (rdma when a node advertises transport.rdmaResourceName)."
         ),
     )
+    accepted_generation: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "metadata.generation of the spec the children are built from: the latest one that passed every check. "
+            "A later generation the operator rejects (condition SpecRejected) leaves it, and the job, unchanged."
+        ),
+    )
+    accepted_spec: dict[str, Any] | None = Field(
+        None, description="The spec of acceptedGeneration (the last good spec), as the API server stored it."
+    )
 
     def condition(self, ctype: str) -> Condition | None:
         """The condition of the given type, if present."""
@@ -217,3 +234,9 @@ class DSparkTrainingJobStatus(StatusModel):
         """Whether the condition of the given type is present and True."""
         cond = self.condition(ctype)
         return cond is not None and cond.status == ConditionStatus.TRUE
+
+
+OPERATOR_STATUS_FIELDS: tuple[str, ...] = tuple(
+    (info.alias or name) for name, info in DSparkTrainingJobStatus.model_fields.items() if name != "progress"
+)
+"""The status keys (camelCase) only the operator writes; `progress` is the trainer's."""

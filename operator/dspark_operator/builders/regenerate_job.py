@@ -114,23 +114,38 @@ def regenerate_args(ctx: BuildContext, regen: RegenerateSpec | None = None) -> l
     regen = _regen_of(ctx, regen)
     replicas = ctx.spec.inference.replicas
     args = [
-        "data", "regenerate",
-        "--input", ctx.spec.dataset.path,
-        "--output", regenerated_dataset_path(ctx, regen),
+        "data",
+        "regenerate",
+        "--input",
+        ctx.spec.dataset.path,
+        "--output",
+        regenerated_dataset_path(ctx, regen),
         # One Service in front of all replicas: kube-proxy spreads the client's keep-alive connections (as many as
         # the concurrency) over the pods, so the bound is replicas x per-replica.
-        "--endpoint", inference_endpoint(ctx),
-        "--concurrency-per-endpoint", str(replicas * regen.concurrency_per_replica),
-        "--temperature", str(regen.temperature),
-        "--top-p", str(regen.top_p),
-        "--top-k", str(regen.top_k),
-        "--max-tokens", str(regen.max_tokens),
-        "--shard-size", str(regen.shard_size),
-        "--workers", str(regen.workers),
-        "--max-retries", str(regen.max_retries),
-        "--request-timeout", str(regen.request_timeout_seconds),
-        "--wait-endpoints", str(regen.wait_endpoints_seconds),
-        "--summary-to", TERMINATION_LOG,
+        "--endpoint",
+        inference_endpoint(ctx),
+        "--concurrency-per-endpoint",
+        str(replicas * regen.concurrency_per_replica),
+        "--temperature",
+        str(regen.temperature),
+        "--top-p",
+        str(regen.top_p),
+        "--top-k",
+        str(regen.top_k),
+        "--max-tokens",
+        str(regen.max_tokens),
+        "--shard-size",
+        str(regen.shard_size),
+        "--workers",
+        str(regen.workers),
+        "--max-retries",
+        str(regen.max_retries),
+        "--request-timeout",
+        str(regen.request_timeout_seconds),
+        "--wait-endpoints",
+        str(regen.wait_endpoints_seconds),
+        "--summary-to",
+        TERMINATION_LOG,
         "--no-progress",
     ]
     if regen.ray_address:
@@ -226,7 +241,6 @@ def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec | None = None,
             },
         }
     )
-
 
 
 def regenerate_scheduling(ctx: BuildContext, regen: RegenerateSpec) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class OptimizerConfig(ConfigModel):
 class ScheduleConfig(ConfigModel):
     """Batch sizes and run length."""
 
-    micro_batch_size: int = Field(1, ge=1, description="Samples per rank per forward/backward.")
+    micro_batch_size: int = Field(1, ge=1, le=65536, description="Samples per rank per forward/backward.")
     global_batch_size: int = Field(
         512, ge=1, description="Samples per optimizer step over all ranks (a multiple of ranks x microBatchSize)."
     )
