@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import torch
-from dspark_trainer.config.training import ConfigError, TrainerConfig
+from dspark_trainer.config.job import JobConfig
+from dspark_trainer.config.training import ConfigError
 from dspark_trainer.data.tokenize import ChatTokenizer
 from dspark_trainer.runtime.step import micro_batch_denominators
 
@@ -33,11 +34,11 @@ def test_step_and_micro_batch_denominators() -> None:
 
 def test_loss_normalization_is_a_checked_field() -> None:
     base = {"target": {"model": "/t"}, "dataset": {"path": "/d"}}
-    assert TrainerConfig.from_mapping(base).schedule.loss_normalization == "step"
-    cfg = TrainerConfig.from_mapping({**base, "schedule": {"lossNormalization": "micro_batch"}})
+    assert JobConfig.from_mapping(base).schedule.loss_normalization == "step"
+    cfg = JobConfig.from_mapping({**base, "schedule": {"lossNormalization": "micro_batch"}})
     assert cfg.schedule.loss_normalization == "micro_batch"
     with pytest.raises(ConfigError, match=r"schedule\.lossNormalization"):
-        TrainerConfig.from_mapping({**base, "schedule": {"lossNormalization": "mean"}})
+        JobConfig.from_mapping({**base, "schedule": {"lossNormalization": "mean"}})
 
 
 def _supervised(tok: ChatTokenizer) -> str:
