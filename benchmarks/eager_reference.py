@@ -1,4 +1,4 @@
-"""A straightforward eager implementation of the DSpark training loss (DSPARK.md), for the speed ratio
+"""A straightforward eager implementation of the DSpark training loss, for the speed ratio
 and as an independent check of the optimized path.
 
 It reads the parameters of a ``DSparkDraftModel`` (vanilla Markov head, confidence head with Markov

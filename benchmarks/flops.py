@@ -1,6 +1,6 @@
 """FLOP count of one DSpark training sample (matmul FLOPs only) and the MFU that follows from it.
 
-Convention (issue 8): a matmul ``[m, k] x [k, n]`` costs ``2 m k n``. Per sample, with ``Q = A * K`` draft
+Convention: a matmul ``[m, k] x [k, n]`` costs ``2 m k n``. Per sample, with ``Q = A * K`` draft
 positions, ``T`` context positions and the draft's sizes:
 
     trainable (x3: forward, grad of input, grad of weight)

@@ -1,4 +1,4 @@
-"""FSDP2 weak-scaling benchmark of the DSpark draft (issue 8): micro-batch 1 per GPU, synthetic data.
+"""FSDP2 weak-scaling benchmark of the DSpark draft: micro-batch 1 per GPU, synthetic data.
 
     torchrun --nproc-per-node 4 benchmarks/fsdp_scaling_bench.py --out results/
     torchrun --nproc-per-node 2 benchmarks/fsdp_scaling_bench.py --device cpu --tiny      # gloo smoke test

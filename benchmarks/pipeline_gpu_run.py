@@ -1,5 +1,5 @@
 """The full pipeline (Mooncake master + reference capture server(s) + torchrun trainer) at the DSpark
-Qwen3-8B draft shape, measuring how much of a training step waits for hidden states (issue 8).
+Qwen3-8B draft shape, measuring how much of a training step waits for hidden states.
 
     python benchmarks/pipeline_gpu_run.py --nproc 2 --capture-gpus 2 --steps 40 --out results/
     python benchmarks/pipeline_gpu_run.py --nproc 2 --capture-gpus 2,3 --steps 40 --out results/  # 2 servers

@@ -1,4 +1,4 @@
-"""One-GPU DSpark training-step benchmark at the published Qwen3-8B shape (issue 8).
+"""One-GPU DSpark training-step benchmark at the published Qwen3-8B shape.
 
     python benchmarks/train_step_bench.py --out results/                   # all variants on cuda:0
     python benchmarks/train_step_bench.py --device cpu --tiny              # the same code paths, tiny
@@ -9,7 +9,7 @@ frozen embedding/LM head and synthetic, random (not zero) target hidden states, 
 process and on the same weights, each variant:
 
   eager           benchmarks/eager_reference.py: plain PyTorch, dense mask, repeated K/V, unchunked logits
-  baseline        the model as it was before issue 8: compiled FlexAttention, chunked vocab path that
+  baseline        the model as it was before the optimizations: compiled FlexAttention, chunked vocab path that
                   recomputes the logits (draft 3x, target 2x) in backward, eager layers
   fused           + loss gradient computed in the forward pass (draft 2x, target 1x), eager per-row math
   fused_compiled  + compiled per-row vocabulary math, target logits once per distinct position

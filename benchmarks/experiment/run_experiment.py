@@ -145,8 +145,9 @@ def stage_eval(a: argparse.Namespace, res: Results, deadline: float) -> None:
     reports = []
     ev = _evaluator(a, a.eval_batch, a.eval_tokens)
     drafts = {name: ev.load_draft(work / f"draft-{name}") for name in DRAFTS}
-    for prompt_set in ("mt-bench", "humaneval", "sharegpt"):
-        for temp in (0.0, 1.0):
+    # Temperature 0 on every set first, so a deadline still leaves a row of each set and both drafts.
+    for temp in (0.0, 1.0):
+        for prompt_set in ("mt-bench", "humaneval", "sharegpt"):
             for name, draft in drafts.items():
                 if time.time() > deadline:
                     log("deadline: evaluation cut short")

@@ -637,7 +637,13 @@ class Reconciler:
         except (ValidationError, ValueError) as err:
             return InvalidSpec("spec", f"cannot build the children: {err}")
         # A regeneration Job that exists is never updated (its template is immutable): only a new one is checked.
-        checked = [m for m in manifests if m["kind"] != "Job" or (m["kind"], m["metadata"]["name"]) not in existing]
+        # RoleBindings are built from validated names only, and a dry run of one whose Role does not exist yet is
+        # refused (the API server cannot check the binding against a Role it does not have) unless the operator
+        # may `bind` any role, which it is not granted.
+        checked = [
+            m for m in manifests
+            if m["kind"] != "RoleBinding" and (m["kind"] != "Job" or (m["kind"], m["metadata"]["name"]) not in existing)
+        ]
         try:
             await self._gather_apply(checked, dry_run=True)
         except _Rejected as rejected:

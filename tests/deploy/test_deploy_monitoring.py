@@ -157,8 +157,10 @@ class LocalRun:
             extra += [f"--- {path.name}", *path.read_text(errors="replace").splitlines()[-15:]]
         return "\n".join(text[-lines:] + extra)
 
-    def _alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
+    def _alive(self, *, finished_ok: bool = False) -> None:
+        """Raise when the pipeline exited (with finished_ok, only when it failed: a finished run's series stay
+        queryable in Prometheus for its lookback window)."""
+        if self.proc is not None and self.proc.poll() is not None and not (finished_ok and self.proc.returncode == 0):
             raise AssertionError(f"dspark train --local exited with {self.proc.returncode}:\n{self.tail()}")
 
     def services(self, timeout: float = RUN_TIMEOUT) -> dict[str, str]:
@@ -275,7 +277,9 @@ def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
         prom.add_target("sglang", f"127.0.0.1:{sglang.port}", labels=sglang_labels)
 
         # Jobs for the operator: one runs (then loses a trainer pod: gang restart), one is invalid (fails).
-        for body in (small_job_manifest("runs"), small_job_manifest("invalid", nodes=3, global_batch_size=10)):
+        invalid = small_job_manifest("invalid")
+        invalid["spec"]["inference"]["extraArgs"] = ["--port=1"]  # a flag the operator sets: refused by the operator
+        for body in (small_job_manifest("runs"), invalid):
             k8s_cluster.kubectl("apply", "-n", jobs_ns, "-f", "-", input=json.dumps(body))
 
         services = run.services()
@@ -295,7 +299,7 @@ def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
         k8s_cluster.kubectl("delete", "pod", "-n", jobs_ns, "runs-trainer-0", "--wait=false")  # a gang restart
 
         def reported() -> bool:
-            run._alive()
+            run._alive(finished_ok=True)  # the evaluation's gauges are scraped just before the trainer exits
             checks = [
                 f'dspark_train_step{{dspark_job="{JOB}"}} >= 4',
                 f'dspark_eval_tau{{dspark_job="{JOB}"}}',

@@ -38,3 +38,20 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target}: no heading #{anchor} in {dest.relative_to(REPO)}")
     assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+def test_docs_and_code_carry_no_tracker_history_or_outside_files() -> None:
+    """No "issue N" history and no pointers to design notes that are not in the repository."""
+    pattern = re.compile(r"\b[Ii]ssue [0-9]+\b|\b(DSPARK|DESIGN)\.md\b")
+    roots = [REPO / "docs", REPO / "operator", REPO / "trainer", REPO / "tests", REPO / "benchmarks", REPO / "charts"]
+    found = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.suffix in (".py", ".md", ".yaml", ".json", ".sh", ".txt") and "results" not in path.parts:
+                for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                    if pattern.search(line) and path != Path(__file__):
+                        found.append(f"{path.relative_to(REPO)}:{i}")
+    for name in ("README.md", "Makefile", "Dockerfile"):
+        text = (REPO / name).read_text()
+        found += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    assert not found, found

@@ -1,4 +1,4 @@
-"""Loss and metrics: the formulas of DSPARK.md computed by hand, the chunked vocabulary path against the
+"""Loss and metrics: the method's formulas computed by hand, the chunked vocabulary path against the
 unchunked one (values, gradients, memory), and invariance to how a step is split into micro-batches."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_position_weights() -> None:
 
 
 def reference_loss(model: DSparkDraftModel, batch: Batch, gamma: float = 4.0) -> dict[str, float]:
-    """Loss terms and metrics from DSPARK.md with loops over (b, a, j), from the model's h, f and conf."""
+    """Loss terms and metrics from their definitions, with loops over (b, a, j), from the model's h, f and conf."""
     cfg = model.config
     with torch.no_grad():
         out = model(*batch.args())

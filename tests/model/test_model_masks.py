@@ -12,7 +12,7 @@ from torch.nn.attention.flex_attention import create_mask
 
 
 def brute_force_mask(anchors: torch.Tensor, keep: torch.Tensor, seq_len: int, k: int) -> torch.Tensor:
-    """Python loops over (b, q, kv), straight from DSPARK.md."""
+    """Python loops over (b, q, kv), straight from the method's definition."""
     bsz, num = anchors.shape
     out = torch.zeros(bsz, 1, num * k, seq_len + num * k, dtype=torch.bool)
     for b in range(bsz):

@@ -1,6 +1,6 @@
 """The embedded pipeline end to end (`dspark train --local`): tiny taught target, real Mooncake master,
 reference capture server, torchrun with 2 CPU workers. Checks that loss falls and tau rises, that the
-metrics endpoint serves every trainer metric of DESIGN.md, that the exported draft loads bit for
+metrics endpoint serves every trainer metric of the monitoring design, that the exported draft loads bit for
 bit, and that Ctrl-C checkpoints, stops every process, and a re-run resumes exactly; and that
 `--capture-devices cpu,cpu` starts two capture servers that both feed the trainer."""
 
@@ -27,7 +27,7 @@ from dspark_trainer.runtime.sample_log import read_sample_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.mooncake]
 
-# DESIGN.md, "Metrics": the trainer's names (rank 0, aggregated over ranks) and the eval counterparts.
+# The trainer's metric names (rank 0, aggregated over ranks) and the eval counterparts.
 DESIGN_TRAINER_METRICS = [
     "dspark_train_step", "dspark_train_samples_total", "dspark_train_tokens_total", "dspark_train_loss",
     "dspark_train_accept_rate", "dspark_train_tau", "dspark_train_acc", "dspark_train_sim_acc_len",

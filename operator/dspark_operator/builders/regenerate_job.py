@@ -1,4 +1,4 @@
-"""The data-regeneration Job (issue 9, part 3): a batch/v1 Job running ``dspark data regenerate`` against the
+"""The data-regeneration Job: a batch/v1 Job running ``dspark data regenerate`` against the
 job's own inference Service before training, writing the regenerated dataset to the output volume.
 
 Pure, like the other builders. The reconciler creates it (once the inference servers are ready) for jobs with

@@ -8,6 +8,6 @@ Modules (each with one job; importing this package pulls in nothing heavy):
 - ``sharding``: pure functions for per-epoch permutations, per-rank shards and the cursor.
 - ``stream``: the per-rank sample stream that starts from a checkpointed cursor.
 - ``batching``: collate captured samples into a padded micro-batch.
-- ``capture_client``: the trainer-rank client of the capture servers (issue 4).
+- ``capture_client``: the trainer-rank client of the capture servers.
 - ``demo_dataset``: the generator of the bundled demo conversations.
 """

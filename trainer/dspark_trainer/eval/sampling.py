@@ -1,4 +1,4 @@
-"""Token choice and verification of a drafted block (DSPARK.md, "Metrics": real speculative decoding).
+"""Token choice and verification of a drafted block (real speculative decoding: standard rejection sampling).
 
 Shapes: ``B`` rows, ``K`` drafted slots, ``V`` vocabulary. ``target_logits [B, K + 1, V]`` are the target's
 logits at the verified positions ``[anchor, d_0, ..., d_{K-1}]``: slot ``j`` gives the distribution of the

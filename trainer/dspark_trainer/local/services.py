@@ -29,7 +29,7 @@ class ServiceError(RuntimeError):
 
 
 def ensure_tiny_target(path: Path) -> Path:
-    """The demo target: issue 3's tiny random Qwen3, taught the demo conversations (created once)."""
+    """The demo target: a tiny random Qwen3, taught the demo conversations (created once)."""
     from dspark_trainer.local.tiny_target import ensure_demo_target
 
     return ensure_demo_target(path)

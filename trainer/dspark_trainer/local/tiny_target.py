@@ -1,4 +1,4 @@
-"""The demo's target: issue 3's tiny random Qwen3 (``make_tiny_qwen3_target``), then taught the bundled
+"""The demo's target: a tiny random Qwen3 (``make_tiny_qwen3_target``), then taught the bundled
 conversations for a few hundred causal-LM steps on the CPU.
 
 A random target predicts every token almost uniformly, so a random draft already "agrees" with it

@@ -1,4 +1,4 @@
-"""The DSpark loss (DSPARK.md, "Loss") and the sum-reducible statistics behind the metrics.
+"""The DSpark loss (docs/model.md, "Loss") and the sum-reducible statistics behind the metrics.
 
     total = ce_alpha * CE + l1_alpha * L1 + confidence_alpha * Confidence
     term  = world_size * sum(w * term) / D          (D: the global denominator, see ``weights``)

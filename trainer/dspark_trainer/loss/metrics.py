@@ -1,4 +1,4 @@
-"""Metrics from statistics summed over micro-batches and data-parallel ranks (DSPARK.md, "Metrics")."""
+"""Metrics from statistics summed over micro-batches and data-parallel ranks (docs/model.md, "Metrics")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Export to and import from the DSpark checkpoint directory (DSPARK.md, "Checkpoint format").
+"""Export to and import from the DSpark checkpoint directory (docs/model.md, "Checkpoint format").
 
 A directory with ``config.json`` (the target's Qwen3 config with the DSpark fields, see
 ``DSparkModelConfig.to_checkpoint_config``, in the serving format of ``model.serving``: DSPARK or, for

@@ -1,4 +1,4 @@
-"""The DSpark draft model (DSPARK.md, "Model").
+"""The DSpark draft model (the published method; docs/model.md).
 
 Parameter names are the checkpoint's weight names (``embed_tokens.weight``, ``layers.{i}...``, ``norm``,
 ``fc``, ``hidden_norm``, ``lm_head``, ``markov_head.*``, ``confidence_head.*``), so ``state_dict()`` is

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The published DSpark recipe regenerates responses with these (DSPARK.md, "Published recipe").
+# The published DSpark recipe regenerates responses with these (the published recipe).
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.8
 DEFAULT_TOP_K = 20

@@ -1,6 +1,6 @@
 """The trainer's Prometheus metrics (rank 0 serves them; values are aggregated over ranks first).
 
-Names follow DESIGN.md: ``dspark_train_*`` for training, ``dspark_eval_*`` for the held-out
+Names: ``dspark_train_*`` for training, ``dspark_eval_*`` for the held-out
 evaluation, ``dspark_transport_*`` for the Mooncake fetches of the trainer ranks.
 """
 

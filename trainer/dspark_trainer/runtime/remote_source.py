@@ -1,4 +1,4 @@
-"""Hidden states from the capture servers, through issue 4's capture client (``data/capture_client.py``):
+"""Hidden states from the capture servers, through the capture client (``data/capture_client.py``):
 a bounded window of requests in flight per rank, in-order, exactly-once delivery, records fetched
 from Mooncake and deleted there.
 
