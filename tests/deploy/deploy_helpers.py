@@ -220,13 +220,19 @@ def registry_sample_names(registry: Any) -> set[str]:
 
 @functools.cache
 def project_metric_names() -> frozenset[str]:
-    """Every sample name the project's own exporters define (trainer, operator, capture server)."""
+    """Every sample name the project's own exporters define (trainer with its post-training evaluation,
+    operator, capture server)."""
     from prometheus_client import CollectorRegistry
 
     names: set[str] = set()
     from dspark_trainer.runtime.metrics import TrainerMetrics
 
     names |= registry_sample_names(TrainerMetrics(CollectorRegistry()).registry)
+    from dspark_trainer.eval.metrics import EvalGauges
+
+    eval_registry = CollectorRegistry()
+    EvalGauges(eval_registry)
+    names |= registry_sample_names(eval_registry)
     from dspark_operator.metrics import OperatorMetrics
 
     names |= registry_sample_names(OperatorMetrics(CollectorRegistry()).registry)
