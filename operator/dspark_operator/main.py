@@ -6,7 +6,8 @@
 
 Credentials come from the pod's service account, or from KUBECONFIG / ~/.kube/config.
 Serves Prometheus metrics on --metrics-port (default 8000, /metrics) and a liveness endpoint on
---liveness-port (default 8080, /healthz).
+--liveness-port (default 8080, /healthz). With --leader-election several replicas may run: the one
+holding the Lease reconciles, the others stand by (dspark_operator.leader).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import argparse
 import dataclasses
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import kopf
+from kubernetes import client as k8s_client
 
 from dspark_operator import __version__
+from dspark_operator.kube import load_configuration
+from dspark_operator.leader import LeaderElector, StandbyHealth
+from dspark_operator.metrics import OperatorMetrics
 from dspark_operator.settings import Settings
 
 
@@ -45,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds a pending pod may wait for any scheduler before Schedulable=False (default 60)",
     )
-    p.add_argument("--peering", default=None, help="Kopf peering name for several replicas (default: standalone)")
+    p.add_argument("--peering", default=None, help="Kopf peering name (default: standalone)")
+    p.add_argument(
+        "--leader-election",
+        action="store_true",
+        default=None,
+        help="only the holder of a Lease reconciles, for several replicas (env DSPARK_OPERATOR_LEADER_ELECTION)",
+    )
+    p.add_argument("--lease-name", default=None, help="the Lease's name (default dspark-operator)")
+    p.add_argument("--lease-namespace", default=None, help="the Lease's namespace (default: the pod's namespace)")
+    p.add_argument(
+        "--lease-duration-seconds", type=int, default=None, help="how long a lease lasts unrenewed (default 15)"
+    )
     p.add_argument("--trainer-image", default=None, help="default trainer image (env DSPARK_TRAINER_IMAGE)")
     p.add_argument("--inference-image", default=None, help="default SGLang image (env DSPARK_INFERENCE_IMAGE)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -67,6 +84,10 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
         ("resync_seconds", "resync_seconds"),
         ("scheduler_grace_seconds", "scheduler_grace_seconds"),
         ("peering", "peering"),
+        ("leader_election", "leader_election"),
+        ("lease_name", "lease_name"),
+        ("lease_namespace", "lease_namespace"),
+        ("lease_duration_seconds", "lease_duration_seconds"),
         ("trainer_image", "trainer_image"),
         ("inference_image", "inference_image"),
     ):
@@ -91,6 +112,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handlers.batch_jobs_watchable(settings.namespaces):
         handlers.register_batch_job_watch()
 
+    metrics = OperatorMetrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    elector: LeaderElector | None = None
+    stop_flag = threading.Event()
+    lost = threading.Event()
+    if settings.leader_election:
+        elector = LeaderElector(
+            k8s_client.ApiClient(load_configuration()),
+            settings.lease_namespace,
+            settings.lease_name,
+            duration_seconds=settings.lease_duration_seconds,
+        )
+        metrics.leader.set(0)
+        standby = StandbyHealth(settings.liveness_port) if settings.liveness_port else None
+        try:
+            elector.wait_until_leader()
+        finally:
+            if standby is not None:
+                standby.close()
+        metrics.leader.set(1)
+
+        def on_lost() -> None:
+            lost.set()
+            stop_flag.set()
+
+        elector.keep_renewing(on_lost, stop=stop_flag)
+
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
     kopf.run(
         clusterwide=not settings.namespaces,
@@ -98,8 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         standalone=settings.peering is None,
         peering_name=settings.peering,
         liveness_endpoint=liveness,
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, metrics=metrics, metrics_served=True),
+        stop_flag=stop_flag,
     )
+    if lost.is_set():
+        logging.getLogger(__name__).error("leader election: lost the lease; exiting so a standby takes over")
+        return 1
+    stop_flag.set()  # stops the renewal thread
+    if elector is not None:
+        elector.release()
     return 0
 
 

@@ -19,7 +19,8 @@ class OperatorMetrics:
     job; a deleted job's series goes with it, so the cardinality is the number of jobs),
     dspark_operator_reconcile_total{result},
     dspark_operator_reconcile_seconds, dspark_operator_gang_restarts_total and its per-job
-    dspark_operator_job_gang_restarts_total{dspark_namespace,dspark_job}, plus process_* (resident memory, CPU)."""
+    dspark_operator_job_gang_restarts_total{dspark_namespace,dspark_job}, dspark_operator_leader, plus process_*
+    (resident memory, CPU)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -49,6 +50,11 @@ class OperatorMetrics:
             ["dspark_namespace", "dspark_job"],
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "dspark_operator_leader", "1 while this replica reconciles, 0 while it stands by (leader election).",
+            registry=self.registry,
+        )
+        self.leader.set(1)
         self._phases: dict[str, str] = {}
         self._jobs: dict[str, tuple[str, str, str]] = {}  # uid -> (namespace, job, phase) as exported
         self._lock = threading.Lock()

@@ -33,6 +33,11 @@ class Settings:
     metrics_port: int = 8000  # 0 disables the metrics server
     liveness_port: int = 8080  # 0 disables the liveness endpoint
     peering: str | None = None  # None: standalone (no peering objects needed)
+    # Several replicas: only the holder of this Lease reconciles (dspark_operator.leader).
+    leader_election: bool = False
+    lease_name: str = "dspark-operator"
+    lease_namespace: str = "default"
+    lease_duration_seconds: int = 15
     watch_server_timeout: float = 300.0
     request_timeout: float = 30.0
     # A pending pod no scheduler looked at for this long: condition Schedulable=False (scheduling.schedulerName).
@@ -54,6 +59,10 @@ class Settings:
             metrics_port=_env_int(env, "DSPARK_OPERATOR_METRICS_PORT", 8000),
             liveness_port=_env_int(env, "DSPARK_OPERATOR_LIVENESS_PORT", 8080),
             peering=env.get("DSPARK_OPERATOR_PEERING") or None,
+            leader_election=env.get("DSPARK_OPERATOR_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
+            lease_name=env.get("DSPARK_OPERATOR_LEASE_NAME") or "dspark-operator",
+            lease_namespace=env.get("DSPARK_OPERATOR_LEASE_NAMESPACE") or env.get("POD_NAMESPACE") or "default",
+            lease_duration_seconds=_env_int(env, "DSPARK_OPERATOR_LEASE_DURATION_SECONDS", 15),
             watch_server_timeout=_env_float(env, "DSPARK_OPERATOR_WATCH_TIMEOUT_SECONDS", 300.0),
             request_timeout=_env_float(env, "DSPARK_OPERATOR_REQUEST_TIMEOUT_SECONDS", 30.0),
             scheduler_grace_seconds=_env_float(env, "DSPARK_OPERATOR_SCHEDULER_GRACE_SECONDS", 60.0),

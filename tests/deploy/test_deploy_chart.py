@@ -62,7 +62,8 @@ def test_default_render() -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Service",
-         "Deployment", "ConfigMap", "ConfigMap", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+         "Deployment", "ConfigMap", "ConfigMap", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+         "Role", "RoleBinding"]
     )
     for d in docs:  # standard labels everywhere
         labels = d["metadata"]["labels"]
@@ -74,7 +75,12 @@ def test_default_render() -> None:
     (deploy,) = by_kind(docs, "Deployment")
     spec = deploy["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["strategy"] == {"type": "RollingUpdate"}  # leader election: an overlap reconciles nothing twice
+    (lease_role,) = by_kind(docs, "Role")
+    assert lease_role["metadata"]["namespace"] == "default"
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -92,6 +98,8 @@ def test_default_render() -> None:
     assert env["DSPARK_OPERATOR_NAMESPACES"] == ""  # all namespaces
     assert env["DSPARK_OPERATOR_METRICS_PORT"] == "8000"
     assert env["DSPARK_OPERATOR_LIVENESS_PORT"] == "8080"
+    assert env["DSPARK_OPERATOR_LEADER_ELECTION"] == "true"
+    assert env["DSPARK_OPERATOR_LEASE_NAME"] == "dspark-operator"
     assert "DSPARK_TRAINER_IMAGE" not in env
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["selector"] == spec["selector"]["matchLabels"]
@@ -102,11 +110,11 @@ def test_non_default_render() -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Role", "RoleBinding", "RoleBinding", "Service",
-         "Deployment", "ConfigMap", "ConfigMap", "ServiceMonitor", "PodMonitor", "PrometheusRule",
-         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+         "Role", "RoleBinding", "Deployment", "ConfigMap", "ConfigMap", "ServiceMonitor", "PodMonitor",
+         "PrometheusRule", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     )
     assert {d["metadata"]["name"] for d in by_kind(docs, "Deployment")} == {"dspark-op"}
-    assert {r["metadata"]["namespace"] for r in by_kind(docs, "Role")} == {"team-a", "team-b"}
+    assert {r["metadata"]["namespace"] for r in watch_roles(docs)} == {"team-a", "team-b"}
     for rb in by_kind(docs, "RoleBinding"):
         assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "dspark-op", "namespace": "dspark-system"}]
     c = container(docs)
@@ -132,8 +140,31 @@ def test_non_default_render() -> None:
 
 def test_namespace_scope_defaults_to_the_release_namespace() -> None:
     docs = render("--set", "rbac.scope=namespace", namespace="ml")
-    assert [r["metadata"]["namespace"] for r in by_kind(docs, "Role")] == ["ml"]
+    assert [r["metadata"]["namespace"] for r in watch_roles(docs)] == ["ml"]
     assert env_of(docs)["DSPARK_OPERATOR_NAMESPACES"] == "ml"
+
+
+def watch_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Roles that grant the watched namespaces (not the leader-election Role)."""
+    return [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+
+
+def test_leader_election_off_runs_one_replica_with_recreate() -> None:
+    docs = render("--set", "leaderElection.enabled=false")
+    (deploy,) = by_kind(docs, "Deployment")
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert not by_kind(docs, "Role")
+    assert "DSPARK_OPERATOR_LEADER_ELECTION" not in env_of(docs)
+    proc = helm_template("--set", "leaderElection.enabled=false", "--set", "replicaCount=2", check=False)
+    assert proc.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled: true" in proc.stderr
+
+
+def test_two_replicas_elect_a_leader() -> None:
+    docs = render("--set", "replicaCount=2", "--set", "leaderElection.leaseDurationSeconds=20")
+    (deploy,) = by_kind(docs, "Deployment")
+    assert deploy["spec"]["replicas"] == 2
+    assert env_of(docs)["DSPARK_OPERATOR_LEASE_DURATION_SECONDS"] == "20"
 
 
 def test_metrics_disabled() -> None:
