@@ -242,7 +242,7 @@ class Reconciler:
         self.clock = clock
         self._podmonitor: bool | None = None
         self._podmonitor_checked = 0.0
-        self._rdma_nodes: dict[str, bool] = {}  # RDMA resource name -> some node advertises it
+        self._rdma_nodes: dict[str, bool | None] = {}  # RDMA resource name -> some node advertises it
         self._nodes_checked = 0.0
         self._errors: dict[str, int] = {}
         self._built: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -403,22 +403,22 @@ class Reconciler:
             self._podmonitor_checked = now
         return self._podmonitor
 
-    async def rdma_advertised(self, resource: str) -> bool:
-        """Whether some node advertises the extended resource `resource` (cached; False when nodes cannot be
+    async def rdma_advertised(self, resource: str) -> bool | None:
+        """Whether some node advertises the extended resource `resource` (cached; None when nodes cannot be
         listed, e.g. an operator limited to namespaces)."""
         now = time.monotonic()
         if resource not in self._rdma_nodes or now - self._nodes_checked > NODES_RECHECK_SECONDS:
+            advertised: bool | None
             try:
                 nodes = await self.api.list(KINDS["Node"].collection(None))
-            except ApiError as err:
-                log.warning("cannot list nodes (%s): transport protocol auto means tcp", err.message)
-                nodes = []
-            self._rdma_nodes = {
-                resource: any(
+                advertised = any(
                     str(((n.get("status") or {}).get("allocatable") or {}).get(resource, "0")) not in ("0", "")
                     for n in nodes
                 )
-            }
+            except ApiError as err:
+                log.warning("cannot list nodes (%s): transport protocol auto means tcp", err.message)
+                advertised = None
+            self._rdma_nodes = {resource: advertised}
             self._nodes_checked = now
         return self._rdma_nodes[resource]
 
@@ -631,6 +631,17 @@ class Reconciler:
         """Build every child from the job's (new) spec and let the API server validate them all (server-side dry
         run) before any is applied: a refused spec leaves nothing behind. The problem, or None. API errors that are
         not about the spec (permissions, outages) are raised."""
+        assert job.spec is not None
+        transport = job.spec.transport
+        if transport.protocol == TransportProtocol.RDMA and await self.rdma_advertised(
+            transport.rdma_resource_name
+        ) is False:
+            return InvalidSpec(
+                "spec.transport.protocol",
+                f"rdma, but no node advertises {transport.rdma_resource_name}; use auto (rdma where nodes advertise "
+                "it, tcp otherwise) or tcp, or set spec.transport.rdmaResourceName to the resource your RDMA device "
+                "plugin advertises",
+            )
         ctx = self._context(job, await self.transport_protocol(job))
         try:
             manifests = self._manifests(job, ctx, trainer_up=True)

@@ -239,6 +239,9 @@ def test_children_the_api_server_would_refuse_fail_the_job_before_any_child_exis
         "flags": (small_job("flags", inference={"extraArgs": ["--context-length=99"]}), "spec.inference.extraArgs[0]"),
         # a target layer beyond the depth of a known target (Qwen3-0.6B has 28 layers)
         "depth": (small_job("depth", draft={"targetLayerIds": [1, 9, 30]}), "spec.draft.targetLayerIds"),
+        # rdma asked for explicitly where no node advertises the RDMA resource
+        "rdma": (small_job("rdma", transport={"protocol": "rdma", "rdmaResourceName": "example.com/no-such-hca"}),
+                 "spec.transport.protocol"),
     }
     for body, _ in cases.values():
         proc = create(env, ns, body)
@@ -252,6 +255,7 @@ def test_children_the_api_server_would_refuse_fail_the_job_before_any_child_exis
     assert "28 layers" in condition(env, ns, "depth", "Failed")["message"]
     assert "ConfigMap" in condition(env, ns, "huge", "Failed")["message"]
     assert "cpu limit" in condition(env, ns, "limits", "Failed")["message"]
+    assert "no node advertises example.com/no-such-hca" in condition(env, ns, "rdma", "Failed")["message"]
     assert env.operator.alive()
 
 
