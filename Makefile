@@ -31,6 +31,7 @@ system-deps:
 
 cluster-bins: venv
 	scripts/build-cluster-binaries.sh
+	scripts/build-s3-server.sh
 
 demo: venv system-deps
 	$(VENV)/bin/dspark train --local

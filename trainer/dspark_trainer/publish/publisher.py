@@ -1,0 +1,96 @@
+"""``publish_draft``: copy an exported draft directory to its destination, with a manifest written last."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dspark_trainer.publish.destination import HubDestination, S3Destination, parse_destination
+
+log = logging.getLogger(__name__)
+MANIFEST = "dspark-publish.json"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Where the draft went, and what was copied."""
+
+    uri: str
+    files: int
+    bytes: int
+    seconds: float
+
+
+def draft_files(draft_dir: Path) -> list[Path]:
+    """The files of a draft directory, sorted (the manifest of an earlier publish excluded)."""
+    if not (draft_dir / "config.json").is_file():
+        raise ValueError(f"{draft_dir} is not an exported draft (no config.json)")
+    return sorted(p for p in draft_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(draft_dir: Path, files: list[Path]) -> dict[str, Any]:
+    """Every file's relative path, size and SHA-256: a reader knows the upload is complete when this exists."""
+    return {"files": [{"path": p.relative_to(draft_dir).as_posix(), "size": p.stat().st_size,
+                       "sha256": sha256_file(p)} for p in files]}
+
+
+def publish_draft(
+    draft_dir: str | os.PathLike[str],
+    destination: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    s3_region: str | None = None,
+    hf_token: str | None = None,
+    hub_api: Any = None,
+    progress: Callable[[str], None] = log.info,
+) -> PublishResult:
+    """Copy the draft at ``draft_dir`` to ``destination`` (``s3://BUCKET/PREFIX`` or ``hf://OWNER/REPO[@REV]``).
+
+    S3: one object per file under the prefix, then ``dspark-publish.json`` (sizes and SHA-256 of every file)
+    last, so a reader that finds the manifest finds a complete draft; publishing again overwrites the same keys.
+    The Hub: one commit with every file and the manifest.
+    """
+    root = Path(draft_dir)
+    target = parse_destination(destination)
+    files = draft_files(root)
+    total = sum(p.stat().st_size for p in files)
+    start = time.monotonic()
+    listing = manifest(root, files)
+    if isinstance(target, S3Destination):
+        from dspark_trainer.publish.s3 import S3Client
+
+        client = S3Client(s3_endpoint_url, s3_region)
+        client.head_bucket(target.bucket)
+        done = 0
+        for path in files:
+            relative = path.relative_to(root).as_posix()
+            done += client.put_file(target.bucket, target.key(relative), path)
+            progress(f"published {relative} ({done / 2**20:.1f} / {total / 2**20:.1f} MiB)")
+        client.request("PUT", target.bucket, target.key(MANIFEST), body=json.dumps(listing, indent=1).encode(),
+                       headers={"Content-Type": "application/json"})
+    else:
+        assert isinstance(target, HubDestination)
+        from dspark_trainer.publish.hub import upload_to_hub
+
+        (root / MANIFEST).write_text(json.dumps(listing, indent=1))
+        url = upload_to_hub(root, target, token=hf_token or os.environ.get("HF_TOKEN"), api=hub_api)
+        progress(f"published {len(files)} files to {target.uri} ({url})")
+    result = PublishResult(target.uri, len(files), total, time.monotonic() - start)
+    progress(f"draft published to {result.uri}: {result.files} files, {result.bytes / 2**20:.1f} MiB in "
+             f"{result.seconds:.1f}s")
+    return result
