@@ -47,6 +47,8 @@ TRAINER_RDZV_PORT: Final = 29500
 # Paths inside pods (the job config's: dspark_trainer.config.job.JOB_CONFIG_DIR/FILE).
 MODELS_MOUNT: Final = "/models"
 DATA_MOUNT: Final = "/data"
+# The Secret of spec.trainer.export.credentialsSecret, in the trainer pods (read-only, one file per key).
+PUBLISH_CREDENTIALS_MOUNT: Final = "/var/run/dspark/publish-credentials"
 
 
 # Default images; the operator deployment may override them (env, see settings.py).

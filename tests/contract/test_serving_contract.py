@@ -29,6 +29,22 @@ def test_the_operator_refuses_such_a_job_at_validation() -> None:
 
 def test_the_export_options_reach_the_trainer() -> None:
     default = rendered_config(render({}))
-    assert JobConfig.from_mapping(default).export.model_dump() == {"dtype": "bfloat16", "include_frozen_weights": False}
+    assert JobConfig.from_mapping(default).export.model_dump(exclude_none=True) == {
+        "dtype": "bfloat16", "include_frozen_weights": False}
     chosen = rendered_config(render({"trainer": {"export": {"dtype": "float32", "includeFrozenWeights": True}}}))
     assert chosen["export"] == {"dtype": "float32", "includeFrozenWeights": True}
+
+
+def test_the_publish_destination_and_its_secret_reach_the_trainer() -> None:
+    spec = {"trainer": {"export": {"destination": "s3://drafts/team-a", "s3EndpointUrl": "http://minio:9000",
+                                   "credentialsSecret": "s3-creds"}}}
+    manifests = render(spec)
+    export = JobConfig.from_mapping(rendered_config(manifests)).export
+    assert (export.destination, export.s3_endpoint_url) == ("s3://drafts/team-a", "http://minio:9000")
+    assert export.credentials_dir == "/var/run/dspark/publish-credentials"
+    (sts,) = [m for m in manifests if m["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    assert {"name": "publish-credentials", "secret": {"secretName": "s3-creds", "defaultMode": 0o440}} in pod["volumes"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "publish-credentials"]
+    assert mount == {"name": "publish-credentials", "mountPath": export.credentials_dir, "readOnly": True}
+

@@ -87,6 +87,14 @@ SMALL = {"trainer": {"nodes": 1, "gpusPerNode": 1, "schedule": {"globalBatchSize
         ({"scheduling": {"tolerations": [{"operator": "Equal"}]}}, "spec.scheduling.tolerations[0].operator", "key"),
         ({"dataset": {"chatTemplate": "x" * (256 * 1024 + 1)}}, "spec.dataset.chatTemplate", "at most"),
         ({"trainer": {"schedule": {"microBatchSize": 100000}}}, "spec.trainer.schedule.microBatchSize", "65536"),
+        ({"trainer": {"export": {"destination": "/mnt/x"}}}, "spec.trainer.export.destination", "s3://BUCKET/PREFIX"),
+        ({"trainer": {"export": {"destination": "s3://drafts/x"}}}, "spec.trainer.export.credentialsSecret",
+         "AWS_ACCESS_KEY_ID"),
+        ({"trainer": {"export": {"destination": "hf://org/draft"}}}, "spec.trainer.export.credentialsSecret",
+         "HF_TOKEN"),
+        ({"trainer": {"export": {"credentialsSecret": "s3"}}}, "spec.trainer.export.destination", "only used"),
+        ({"trainer": {"export": {"destination": "hf://org/d", "credentialsSecret": "t", "s3Region": "eu"}}},
+         "spec.trainer.export.s3EndpointUrl", "only used with an s3://"),
     ],
 )
 def test_bad_specs_name_the_field_and_the_fix(spec: dict[str, Any], field: str, words: str) -> None:

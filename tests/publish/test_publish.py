@@ -14,6 +14,7 @@ import pytest
 from dspark_trainer.cli import main as dspark
 from dspark_trainer.publish import HubDestination, S3Destination, parse_destination, publish_draft
 from dspark_trainer.publish import s3 as s3mod
+from dspark_trainer.publish.publisher import RECEIPT, published_uri
 from dspark_trainer.publish.s3 import Credentials, S3Client, S3Error, authorization
 from harness.s3server import S3Server
 
@@ -92,7 +93,9 @@ def test_round_trip_through_a_real_s3_server(s3: S3Server, tmp_path: Path, monke
     lines: list[str] = []
     result = publish_draft(draft, f"s3://{BUCKET}/team-a/run-1", s3_endpoint_url=s3.endpoint, progress=lines.append)
     assert result.uri == f"s3://{BUCKET}/team-a/run-1"
-    assert result.files == 3 and result.bytes == sum(p.stat().st_size for p in draft.rglob("*") if p.is_file())
+    assert result.files == 3
+    assert result.bytes == sum(p.stat().st_size for p in draft.rglob("*") if p.is_file() and p.name != RECEIPT)
+    assert published_uri(draft) == result.uri  # the receipt stays in the draft directory, never uploaded
     client = S3Client(s3.endpoint)
     keys = sorted(client.list_keys(BUCKET, "team-a/run-1/"))
     assert keys == [f"team-a/run-1/{n}" for n in
@@ -173,3 +176,28 @@ def test_s3_error_carries_the_code(s3: S3Server) -> None:
     with pytest.raises(S3Error) as err:
         S3Client(s3.endpoint).get_object(BUCKET, "absent")
     assert err.value.status == 404 and err.value.code == "NoSuchKey"
+
+
+def test_the_trainer_publishes_once_with_credentials_from_the_mounted_secret(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dspark_trainer.config import JobConfig
+    from dspark_trainer.runtime.publish_step import publish_export
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "AWS_ACCESS_KEY_ID").write_text("from-secret\n")
+    (secret / "AWS_SECRET_ACCESS_KEY").write_text("s3cr3t")
+    draft = make_draft(tmp_path / "draft")
+    base = {"target": {"model": "builtin:tiny-qwen3"}, "dataset": {"path": "builtin:demo-conversations"}}
+    config = JobConfig.model_validate({**base, "export": {
+        "destination": f"s3://{BUCKET}/job", "s3EndpointUrl": s3.endpoint, "credentialsDir": str(secret)}})
+    assert publish_export(config, str(draft)) == f"s3://{BUCKET}/job"
+    client = S3Client(s3.endpoint, credentials=Credentials("any", "any"))
+    client.request("DELETE", BUCKET, "job/config.json")
+    # A restart after the completed run: the receipt says it is there, nothing is uploaded again.
+    assert publish_export(config, str(draft)) == f"s3://{BUCKET}/job"
+    assert "job/config.json" not in client.list_keys(BUCKET, "job/")
+    assert publish_export(JobConfig.model_validate(base), str(draft)) is None

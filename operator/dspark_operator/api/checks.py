@@ -231,6 +231,27 @@ def _segments(path: str) -> tuple[str, ...]:
     return tuple(s for s in path.split("/") if s not in ("", "."))
 
 
+def check_publish(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
+    """A publish destination has credentials (the trainer would only find out after training)."""
+    export = spec.trainer.export
+    if export.destination is None:
+        if export.credentials_secret or export.s3_endpoint_url or export.s3_region:
+            return InvalidSpec("spec.trainer.export.destination", "credentialsSecret, s3EndpointUrl and s3Region "
+                               "are only used with a destination; give destination: s3://BUCKET/PREFIX or "
+                               "hf://OWNER/REPO, or remove them")
+        return None
+    if export.destination.startswith("s3://") and not export.credentials_secret:
+        return InvalidSpec("spec.trainer.export.credentialsSecret", "an s3:// destination needs a Secret with "
+                           "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; create one and name it here")
+    if export.destination.startswith("hf://"):
+        if export.s3_endpoint_url or export.s3_region:
+            return InvalidSpec("spec.trainer.export.s3EndpointUrl", "is only used with an s3:// destination")
+        if not export.credentials_secret and spec.target.hf_token_secret_ref is None:
+            return InvalidSpec("spec.trainer.export.credentialsSecret", "an hf:// destination needs a Hub token "
+                               "with write access: a Secret with key HF_TOKEN here, or target.hfTokenSecretRef")
+    return None
+
+
 CHECKS: tuple[Callable[[DSparkTrainingJobSpec], InvalidSpec | None], ...] = (
     check_batch,
     check_inference,
@@ -240,6 +261,7 @@ CHECKS: tuple[Callable[[DSparkTrainingJobSpec], InvalidSpec | None], ...] = (
     check_optimizer,
     check_target_layers,
     check_output_dirs,
+    check_publish,
 )
 
 

@@ -26,7 +26,7 @@ from dspark_trainer.config import (
     DraftOptions,
     EvalConfig,
     EvaluationConfig,
-    ExportConfig,
+    ExportSettings,
     InferenceConfig,
     OptimizerConfig,
     ScheduleConfig,
@@ -322,6 +322,21 @@ class CheckpointSpec(CheckpointSettings):
     """How often the trainer checkpoints (the directory is output.mountPath/output.checkpointDir)."""
 
 
+class ExportSpec(ExportSettings):
+    """How the trainer writes the final draft, and where it publishes it (destination and its credentials)."""
+
+    credentials_secret: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description=(
+            "Secret in the job's namespace with the publish credentials, mounted read-only into the trainer pods: "
+            "keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN) for an s3:// "
+            "destination, HF_TOKEN for hf:// (default there: target.hfTokenSecretRef's token)."
+        ),
+    )
+
+
 class OutputSpec(ConfigModel):
     """Where checkpoints and the exported draft are written: directories inside the output volume. Every field is
     immutable (changing one would leave the checkpoints of the running job behind)."""
@@ -414,9 +429,12 @@ class TrainerSpec(ConfigModel):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Periodic evaluation on the held-out split.")
     capture: CaptureSpec = Field(default_factory=CaptureSpec, description="Hidden-state requests to inference.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output volume for checkpoints and the draft.")
-    export: ExportConfig = Field(
-        default_factory=ExportConfig,
-        description="Dtype of the exported draft and whether it includes the target's embedding and LM head.",
+    export: ExportSpec = Field(
+        default_factory=ExportSpec,
+        description=(
+            "Dtype of the exported draft, whether it includes the target's embedding and LM head, and where it is "
+            "published after training (S3 or the Hugging Face Hub)."
+        ),
     )
     termination_grace_period_seconds: int = Field(
         300, ge=0, le=86400, description="Seconds a trainer pod gets after SIGTERM to write a checkpoint."

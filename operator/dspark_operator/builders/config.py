@@ -15,6 +15,7 @@ from dspark_trainer.config import (
     CaptureClientConfig,
     CheckpointConfig,
     DatasetConfig,
+    ExportConfig,
     InferenceConfig,
     JobConfig,
     JobIdentity,
@@ -33,6 +34,7 @@ from dspark_operator.constants import (
     MOONCAKE_METADATA_PORT,
     MOONCAKE_METRICS_PORT,
     MOONCAKE_RPC_PORT,
+    PUBLISH_CREDENTIALS_MOUNT,
 )
 
 
@@ -84,7 +86,10 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
             final_scrape_timeout_seconds=2 * duration_seconds(spec.metrics.interval) if spec.metrics.enabled else 0,
         ),
         output_dir=draft_output_path(spec),
-        export=spec.trainer.export,
+        export=ExportConfig(
+            **spec.trainer.export.model_dump(exclude={"credentials_secret"}),
+            credentials_dir=PUBLISH_CREDENTIALS_MOUNT if spec.trainer.export.credentials_secret else None,
+        ),
     )
 
 

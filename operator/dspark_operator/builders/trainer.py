@@ -33,6 +33,7 @@ from dspark_operator.constants import (
     DATA_MOUNT,
     LABEL_POD_INDEX,
     MODELS_MOUNT,
+    PUBLISH_CREDENTIALS_MOUNT,
     TRAINER_RDZV_PORT,
 )
 
@@ -140,6 +141,11 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
                 "persistentVolumeClaim": {"claimName": ctx.spec.target.model_claim_name, "readOnly": True},
             }
         )
+    if tr.export.credentials_secret:
+        volume_mounts.append({"name": "publish-credentials", "mountPath": PUBLISH_CREDENTIALS_MOUNT, "readOnly": True})
+        # Group-readable: the trainer runs as non-root with the pod's fsGroup.
+        volumes.append({"name": "publish-credentials",
+                        "secret": {"secretName": tr.export.credentials_secret, "defaultMode": 0o440}})
     ports = [{"name": "rdzv", "containerPort": TRAINER_RDZV_PORT, "protocol": "TCP"}]
     if ctx.spec.metrics.enabled:
         ports.append({"name": "metrics", "containerPort": ctx.spec.metrics.port, "protocol": "TCP"})

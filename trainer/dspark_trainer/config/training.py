@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dspark_trainer.config.base import ConfigModel
 
@@ -138,8 +138,9 @@ class CheckpointConfig(CheckpointSettings):
     dir: str = Field("/output/checkpoints", description="Directory for distributed checkpoints.")
 
 
-class ExportConfig(ConfigModel):
-    """How the trainer writes the final draft (the serving checkpoint; see docs/model.md)."""
+class ExportSettings(ConfigModel):
+    """How the trainer writes the final draft (the serving checkpoint; see docs/model.md) and where it publishes
+    it. Shared by the job spec and the job config."""
 
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16",
@@ -153,6 +154,42 @@ class ExportConfig(ConfigModel):
         description=(
             "Also write the target's embedding and LM head (2 x vocab x hidden values; SGLang and vLLM take them "
             "from the target, so only engines that read them from the draft need this)."
+        ),
+    )
+
+    destination: str | None = Field(
+        None,
+        max_length=1024,
+        description=(
+            "Publish the exported draft after training to s3://BUCKET/PREFIX (S3-compatible storage) or "
+            "hf://OWNER/REPO[@REVISION] (Hugging Face Hub, a private repository); the job status then carries "
+            "this URI. Default: the draft stays in the output volume only."
+        ),
+    )
+    s3_endpoint_url: str | None = Field(
+        None, max_length=1024, pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="Endpoint of S3-compatible storage (MinIO, Ceph, ...). Default: AWS S3 in s3Region.",
+    )
+    s3_region: str | None = Field(None, max_length=64, description="S3 region (default us-east-1).")
+
+    @field_validator("destination")
+    @classmethod
+    def _check_destination(cls, value: str | None) -> str | None:
+        if value is not None:
+            from dspark_trainer.publish.destination import parse_destination
+
+            parse_destination(value, field="")  # pydantic names the field
+        return value
+
+
+class ExportConfig(ExportSettings):
+    """The job config's export section: the settings plus where the publish credentials are mounted."""
+
+    credentials_dir: str | None = Field(
+        None,
+        description=(
+            "Directory with the publish credentials, one file per key: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+            "(and AWS_SESSION_TOKEN) for s3://, HF_TOKEN for hf://. Default: the environment variables."
         ),
     )
 

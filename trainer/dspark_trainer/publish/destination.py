@@ -44,22 +44,29 @@ Destination = S3Destination | HubDestination
 
 
 def parse_destination(uri: str, field: str = "export.destination") -> Destination:
-    """The destination ``uri`` names; ValueError naming ``field`` and the fix when it is not one."""
+    """The destination ``uri`` names; ValueError naming ``field`` (when given) and the fix when it is not one."""
+    try:
+        return _parse(uri)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}" if field else str(exc)) from None
+
+
+def _parse(uri: str) -> Destination:
     text = uri.strip()
     if text.startswith("s3://"):
         bucket, _, prefix = text.removeprefix("s3://").partition("/")
         prefix = prefix.strip("/")
         if not _BUCKET.match(bucket) or ".." in bucket:
-            raise ValueError(f"{field}: {bucket!r} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-'); {FIX}")
+            raise ValueError(f"{bucket!r} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-'); {FIX}")
         if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-            raise ValueError(f"{field}: the prefix {prefix!r} has an empty, '.' or '..' part; {FIX}")
+            raise ValueError(f"the prefix {prefix!r} has an empty, '.' or '..' part; {FIX}")
         return S3Destination(bucket, prefix)
     if text.startswith("hf://"):
         repo, _, revision = text.removeprefix("hf://").partition("@")
         parts = repo.strip("/").split("/")
         if len(parts) != 2 or not all(_REPO_PART.match(p) for p in parts):
-            raise ValueError(f"{field}: {repo!r} is not a Hub repository id OWNER/NAME; {FIX}")
+            raise ValueError(f"{repo!r} is not a Hub repository id OWNER/NAME; {FIX}")
         if "@" in text and not revision:
-            raise ValueError(f"{field}: empty revision after '@'; {FIX}")
+            raise ValueError(f"empty revision after '@'; {FIX}")
         return HubDestination("/".join(parts), revision or "main")
-    raise ValueError(f"{field}: {uri!r} is not a destination; {FIX}")
+    raise ValueError(f"{uri!r} is not a destination; {FIX}")

@@ -66,6 +66,17 @@ def wait_until_stopped(stop: StopRequest) -> None:
         pass
 
 
+def publish(config: JobConfig, board: ProgressBoard) -> None:
+    """Copy the export to ``export.destination`` (if any); an error propagates (the run is not complete yet)."""
+    if config.export.destination is None:
+        return
+    from dspark_trainer.runtime.publish_step import publish_export
+
+    board.update(message=f"publishing the draft to {config.export.destination}")
+    uri = publish_export(config, str(board.snapshot().draft_path or config.output_dir))
+    board.update(message=f"draft published to {uri}")
+
+
 def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:
     """Run this rank; returns the process exit code. Config problems are found before any process
     group, model or server starts (exit code 2)."""
@@ -105,6 +116,8 @@ def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:
                          message="already completed")
             metrics.completed.set(1)
             outcome = "completed"
+            if rank == 0:  # a run that completed but failed to publish publishes now
+                publish(config, board)
         else:
             ctx = init_distributed(config.runtime.device, config.runtime.dist_timeout_seconds)
             if ctx.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
@@ -123,6 +136,8 @@ def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:
             finally:
                 training.close()
             shutdown_distributed(together=True)
+            if rank == 0 and outcome == "completed":
+                publish(config, board)
             if rank == 0 and outcome == "completed" and config.evaluation is not None:
                 from dspark_trainer.runtime.final_eval import evaluate_export
 
