@@ -51,7 +51,7 @@ def summarize(stats: Mapping[str, torch.Tensor], alphas: LossWeights) -> DSparkM
     wsum = float(stats["weight_sum"])
     loss: dict[str, float] = {}
     total = 0.0
-    for name, alpha in (("ce", alphas.ce), ("l1", alphas.l1), ("confidence", alphas.confidence)):
+    for name, alpha in alphas.by_term():
         key = f"{name}_sum"
         if key in stats:
             loss[name] = _ratio(float(stats[key]), wsum)
