@@ -64,11 +64,15 @@ def target_probs(target_hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Te
     return torch.softmax(_mm_f32(target_hidden, lm_head), dim=-1)
 
 
-def _check(h: torch.Tensor, feats: torch.Tensor | None, markov_w2: torch.Tensor | None) -> None:
+def _check(
+    h: torch.Tensor, feats: torch.Tensor | None, markov_w2: torch.Tensor | None, chunk_size: int | None = None
+) -> None:
     if (feats is None) != (markov_w2 is None):
         raise ValueError("Markov features and markov_w2 must be given together")
     if h.dim() != 2:
         raise ValueError(f"hidden must be [N, H], got {tuple(h.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -234,9 +238,7 @@ def vocab_terms_chunked(
 
     The target's final hidden state never receives a gradient (it is data).
     """
-    _check(h, feats, markov_w2)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check(h, feats, markov_w2, chunk_size)
     t = None if target_hidden is None else target_hidden.detach()
     with torch.autocast(h.device.type, enabled=False):
         ce, tv, correct = _ChunkedVocabTerms.apply(h, feats, lm_head, markov_w2, labels, t, chunk_size)
@@ -416,9 +418,7 @@ def vocab_loss_fused(
     ``a + j`` overlap across anchors). ``compile_rows`` (default: on CUDA) compiles the per-row math.
     Same values and gradients as ``vocab_terms_reference`` with ``ce_coef``/``tv_coef`` weighting.
     """
-    _check(h, feats, markov_w2)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check(h, feats, markov_w2, chunk_size)
     if (target_flat is None) != (target_rows is None):
         raise ValueError("target_flat and target_rows must be given together")
     t = None if target_flat is None else target_flat.detach()
