@@ -199,17 +199,22 @@ class DSparkModelConfig(DraftSettings):
             target_layer_ids=[int(i) for i in pick("target_layer_ids")],
             block_size=int(pick("block_size")),
             mask_token_id=int(pick("mask_token_id")),
-            num_anchors=int(cfg.get("num_anchors", 512)),
+            num_anchors=int(cfg.get("num_anchors", _default("num_anchors"))),
             markov_rank=int(cfg.get("markov_rank", 0) or 0),
             markov_head_type=MarkovHeadType(str(cfg.get("markov_head_type", "vanilla")).lower()),
             enable_confidence_head=bool(cfg.get("enable_confidence_head", False)),
             confidence_head_with_markov=bool(cfg.get("confidence_head_with_markov", False)),
-            gamma=float(cfg.get("loss_decay_gamma", 4.0)),
-            ce_alpha=float(cfg.get("ce_loss_alpha", 0.1)),
-            l1_alpha=float(cfg.get("l1_loss_alpha", 0.9)),
+            gamma=float(cfg.get("loss_decay_gamma", _default("gamma"))),
+            ce_alpha=float(cfg.get("ce_loss_alpha", _default("ce_alpha"))),
+            l1_alpha=float(cfg.get("l1_loss_alpha", _default("l1_alpha"))),
             confidence_alpha=float(cfg.get("confidence_head_alpha", 1.0 if cfg.get("enable_confidence_head") else 0.0)),
             base_config=base,
         )
+
+
+def _default(name: str) -> Any:
+    """The default of a ``DraftSettings`` field (for a checkpoint config without the key)."""
+    return DraftSettings.model_fields[name].default
 
 
 def _rope_theta(cfg: dict[str, Any]) -> float:
