@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from dspark_trainer.capture.sglang_args import owned_flag
 from dspark_trainer.config import InferenceEngine, TransportProtocol
+from dspark_trainer.config.draft import sglang_layer_problem
 
 from dspark_operator.api.problems import InvalidSpec
 from dspark_operator.api.spec import DSparkTrainingJobSpec, EnvVar, ResourceRequirements
@@ -69,12 +70,9 @@ def check_inference(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
             f"{inf.context_length} must exceed dataset.maxLength={spec.dataset.max_length} (a capture sends up to "
             "maxLength tokens and generates one); raise it or leave it unset",
         )
-    ids = spec.draft.target_layer_ids
-    if inf.engine == InferenceEngine.SGLANG and ids is not None and any(i < 0 for i in ids):
-        return InvalidSpec(
-            "spec.draft.targetLayerIds",
-            f"{ids}: SGLang cannot capture the embedding output (-1); use layers >= 0 or inference.engine: reference",
-        )
+    problem = sglang_layer_problem(spec.draft.target_layer_ids)
+    if inf.engine == InferenceEngine.SGLANG and problem:
+        return InvalidSpec("spec.draft.targetLayerIds", problem)
     if inf.extra_args and inf.engine != InferenceEngine.SGLANG:
         return InvalidSpec("spec.inference.extraArgs", "are SGLang flags: only for inference.engine sglang")
     for i, arg in enumerate(inf.extra_args):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from enum import StrEnum
+from typing import Self
 
 from pydantic import Field, model_validator
 
@@ -39,21 +40,36 @@ def default_target_layer_ids(num_layers: int, count: int = 5) -> list[int]:
     return [round(start + i * span / (count - 1)) for i in range(count)]
 
 
-def check_target_layer_ids(ids: list[int], num_layers: int) -> None:
+def check_target_layer_ids(ids: list[int], num_layers: int | None = None) -> None:
     """Raise ValueError unless ``ids`` are strictly increasing and each in ``[-1, num_layers - 2]``.
 
-    -1 is the embedding output; ``num_layers - 1`` (the last layer) must not be used.
+    -1 is the embedding output; ``num_layers - 1`` (the last layer) must not be used. Without ``num_layers``
+    (the target not known yet) only the lower bound is checked.
     """
     if not ids:
         raise ValueError("draft.targetLayerIds: must not be empty; omit it to use the default rule")
     if any(b <= a for a, b in itertools.pairwise(ids)):
         raise ValueError(f"draft.targetLayerIds: must be strictly increasing, got {ids}")
+    if num_layers is None:
+        if ids[0] < -1:
+            raise ValueError(f"draft.targetLayerIds: ids must be >= -1 (-1 is the embedding), got {ids}")
+        return
     bad = [i for i in ids if i < -1 or i > num_layers - 2]
     if bad:
         raise ValueError(
             f"draft.targetLayerIds: {bad} out of range for a target with {num_layers} layers; ids must be in "
             f"[-1, {num_layers - 2}] (-1 is the embedding output; the last layer {num_layers - 1} is not used)"
         )
+
+
+def sglang_layer_problem(ids: list[int] | None) -> str | None:
+    """Why SGLang cannot capture ``ids`` (it refuses the embedding output, -1), or None."""
+    if ids is None or all(i >= 0 for i in ids):
+        return None
+    return (
+        f"{ids}: SGLang cannot capture the embedding output (-1), nor serve a draft that reads it; use layer ids "
+        ">= 0, or inference.engine: reference (the draft is then served by vLLM only)"
+    )
 
 
 class MarkovHeadType(StrEnum):
@@ -64,27 +80,15 @@ class MarkovHeadType(StrEnum):
     RNN = "rnn"
 
 
-class DraftOptions(ConfigModel):
-    """DSpark draft architecture and loss options. Defaults are the published Qwen3-8B recipe."""
+class DraftSettings(ConfigModel):
+    """The draft's shape and loss settings: the fields the job's ``draft`` section (``DraftOptions``) and a
+    resolved draft (``DSparkModelConfig``, a checkpoint's config) share. Defaults are the published Qwen3-8B
+    recipe."""
 
     block_size: int = Field(7, ge=1, le=64, description="Tokens drafted per block (K).")
     num_draft_layers: int = Field(5, ge=1, le=64, description="Decoder layers in the draft model.")
     num_anchors: int = Field(
         512, ge=1, le=16384, description="Anchor positions sampled per training sample (A)."
-    )
-    target_layer_ids: list[int] | None = Field(
-        None,
-        description=(
-            "Target layers whose outputs feed the draft, strictly increasing; -1 is the embedding "
-            "output (captured by the reference engine only, served by vLLM only). Default: evenly spaced from 1 "
-            "to num_layers-3 of the target."
-        ),
-    )
-    num_target_layers_captured: int = Field(
-        5, ge=1, le=64, description="How many target layers to capture when targetLayerIds is not set (L)."
-    )
-    mask_token_id: int | None = Field(
-        None, ge=0, description="Token id used for the masked draft slots. Default: the target's (Qwen3: 151669)."
     )
     markov_head_type: MarkovHeadType = Field(
         MarkovHeadType.VANILLA,
@@ -102,20 +106,9 @@ class DraftOptions(ConfigModel):
     l1_alpha: float = Field(0.9, ge=0.0, description="Weight of the total-variation (L1) term.")
     confidence_alpha: float = Field(1.0, ge=0.0, description="Weight of the confidence BCE term.")
     gamma: float = Field(4.0, gt=0.0, description="Position weight decay: w_j = exp(-j / gamma).")
-    init_from: str | None = Field(
-        None, description="Draft checkpoint directory to initialise the trainable weights from."
-    )
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> DraftOptions:
-        ids = self.target_layer_ids
-        if ids is not None:
-            if not ids:
-                raise ValueError("draft.targetLayerIds: must not be empty; omit it to use the default rule")
-            if any(b <= a for a, b in itertools.pairwise(ids)):
-                raise ValueError(f"draft.targetLayerIds: must be strictly increasing, got {ids}")
-            if ids[0] < -1:
-                raise ValueError(f"draft.targetLayerIds: ids must be >= -1 (-1 is the embedding), got {ids}")
+    def _check_heads_and_loss(self) -> Self:
         if self.markov_rank == 0 and self.enable_confidence_head:
             raise ValueError(
                 "draft.enableConfidenceHead: a draft with markovRank 0 is served by DFLASH, which has no confidence "
@@ -127,6 +120,35 @@ class DraftOptions(ConfigModel):
             raise ValueError(
                 "draft.confidenceAlpha: is > 0 but enableConfidenceHead is false; set confidenceAlpha: 0"
             )
+        return self
+
+
+class DraftOptions(DraftSettings):
+    """DSpark draft architecture and loss options (the job's ``draft`` section): the settings plus how to
+    pick the target layers and the mask token, resolved against the target by ``model.config``."""
+
+    target_layer_ids: list[int] | None = Field(
+        None,
+        description=(
+            "Target layers whose outputs feed the draft, strictly increasing; -1 is the embedding "
+            "output (captured by the reference engine only, served by vLLM only). Default: evenly spaced from 1 "
+            "to num_layers-3 of the target."
+        ),
+    )
+    num_target_layers_captured: int = Field(
+        5, ge=1, le=64, description="How many target layers to capture when targetLayerIds is not set (L)."
+    )
+    mask_token_id: int | None = Field(
+        None, ge=0, description="Token id used for the masked draft slots. Default: the target's (Qwen3: 151669)."
+    )
+    init_from: str | None = Field(
+        None, description="Draft checkpoint directory to initialise the trainable weights from."
+    )
+
+    @model_validator(mode="after")
+    def _check_layer_ids(self) -> DraftOptions:
+        if self.target_layer_ids is not None:
+            check_target_layer_ids(self.target_layer_ids)
         return self
 
     def resolve_target_layer_ids(self, num_layers: int) -> list[int]:

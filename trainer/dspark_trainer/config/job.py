@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from dspark_trainer.config.base import ConfigModel
-from dspark_trainer.config.draft import DraftOptions
+from dspark_trainer.config.draft import DraftOptions, sglang_layer_problem
 from dspark_trainer.config.training import (
     CaptureClientConfig,
     CheckpointConfig,
@@ -165,13 +165,9 @@ class JobConfig(ConfigModel):
                 f"schedule.globalBatchSize ({sched.global_batch_size}) must be a multiple of "
                 f"schedule.microBatchSize ({sched.micro_batch_size})"
             )
-        ids = self.draft.target_layer_ids or []
-        if self.inference.engine == InferenceEngine.SGLANG and any(i < 0 for i in ids):
-            raise ValueError(
-                f"draft.targetLayerIds {ids}: SGLang cannot capture the embedding output (-1), nor serve a draft "
-                "that reads it; use layer ids >= 0, or inference.engine: reference (the draft is then served by "
-                "vLLM only)"
-            )
+        problem = sglang_layer_problem(self.draft.target_layer_ids)
+        if self.inference.engine == InferenceEngine.SGLANG and problem:
+            raise ValueError(f"draft.targetLayerIds {problem}")
         return self
 
     @property

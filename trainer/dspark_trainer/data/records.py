@@ -52,16 +52,24 @@ def resolve_dataset_paths(path: str, field: str = "dataset.path") -> list[Path]:
     raise DatasetError(f"{field}: {path} does not exist")
 
 
-def _check_messages(messages: object, where: str) -> list[dict[str, Any]]:
+def messages_problem(messages: object) -> str | None:
+    """Why ``messages`` is not a non-empty list of OpenAI-style messages (a known role each, string or list
+    content), or None."""
     if not isinstance(messages, list) or not messages:
-        raise DatasetError(f"{where}: `messages` must be a non-empty list")
+        return "`messages` must be a non-empty list"
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ROLES:
-            raise DatasetError(f"{where}: messages[{i}] needs a `role` in {sorted(ROLES)}")
+            return f"messages[{i}] needs a `role` in {sorted(ROLES)}"
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise DatasetError(f"{where}: messages[{i}].content must be a string")
-    return messages
+            return f"messages[{i}].content must be a string or a list of parts"
+    return None
+
+
+def record_id(obj: dict[str, Any], default_uid: str) -> str:
+    """A record's stable id: its ``id`` field when present and not empty, else ``default_uid``."""
+    raw_id = obj.get("id")
+    return default_uid if raw_id is None or raw_id == "" else str(raw_id)
 
 
 def parse_record(line: str, default_uid: str, where: str) -> ConversationRecord:
@@ -72,12 +80,31 @@ def parse_record(line: str, default_uid: str, where: str) -> ConversationRecord:
         raise DatasetError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(obj, dict) or "messages" not in obj:
         raise DatasetError(f"{where}: a record must be an object with a `messages` list")
-    raw_id = obj.get("id")
-    uid = default_uid if raw_id is None or raw_id == "" else str(raw_id)
-    return ConversationRecord(uid=uid, messages=_check_messages(obj["messages"], where))
+    problem = messages_problem(obj["messages"])
+    if problem:
+        raise DatasetError(f"{where}: {problem}")
+    return ConversationRecord(uid=record_id(obj, default_uid), messages=obj["messages"])
 
 
-class RecordStore(Sequence[ConversationRecord]):
+class RecordSequence(Sequence[ConversationRecord]):
+    """A sequence of records read one at a time (``record``); a slice is a list of them."""
+
+    def record(self, index: int) -> ConversationRecord:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> ConversationRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ConversationRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> ConversationRecord | list[ConversationRecord]:
+        if isinstance(index, slice):
+            return [self.record(i) for i in range(*index.indices(len(self)))]
+        return self.record(index)
+
+
+class RecordStore(RecordSequence):
     """The records of jsonl files, indexed once and read on demand.
 
     Indexing parses every line once (validating it and taking its id) but keeps only the id and the
@@ -118,15 +145,7 @@ class RecordStore(Sequence[ConversationRecord]):
     def __len__(self) -> int:
         return len(self.uids)
 
-    @overload
-    def __getitem__(self, index: int) -> ConversationRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ConversationRecord]: ...
-
-    def __getitem__(self, index: int | slice) -> ConversationRecord | list[ConversationRecord]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def record(self, index: int) -> ConversationRecord:
         if index < 0:
             index += len(self)
         file_idx = self._file_of[index]
@@ -147,7 +166,7 @@ class RecordStore(Sequence[ConversationRecord]):
             self._handles.clear()
 
 
-class RecordSubset(Sequence[ConversationRecord]):
+class RecordSubset(RecordSequence):
     """Some records of a sequence, by position (the train or eval split)."""
 
     def __init__(self, base: Sequence[ConversationRecord], positions: Sequence[int]) -> None:
@@ -157,15 +176,7 @@ class RecordSubset(Sequence[ConversationRecord]):
     def __len__(self) -> int:
         return len(self.positions)
 
-    @overload
-    def __getitem__(self, index: int) -> ConversationRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ConversationRecord]: ...
-
-    def __getitem__(self, index: int | slice) -> ConversationRecord | list[ConversationRecord]:
-        if isinstance(index, slice):
-            return [self.base[self.positions[i]] for i in range(*index.indices(len(self)))]
+    def record(self, index: int) -> ConversationRecord:
         return self.base[self.positions[index]]
 
 

@@ -250,10 +250,10 @@ def run_local(options: LocalOptions) -> int:
     try:
         cfg = services.start_services(cfg, layout, processes, say, capture_devices=options.capture_devices)
         say(f"starting torchrun with {options.nproc} workers (log: {layout.logs / 'trainer.log'})")
-        trainer = processes.start(
+        trainer = processes.add(ManagedProcess(
             "trainer", services.torchrun_argv(layout.config, options.nproc), layout.logs / "trainer.log",
             env=services.worker_env(), stop_timeout=90,
-        )
+        ))
         code, last = watch_trainer(trainer, cfg.metrics.port, view)
         view.close()
         if code != 0:

@@ -90,17 +90,9 @@ class ProcessSet:
     def __init__(self) -> None:
         self._stoppers: list[tuple[str, Callable[[], object]]] = []
 
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        log_path: Path,
-        env: Mapping[str, str] | None = None,
-        cwd: str | Path | None = None,
-        stop_timeout: float = 30.0,
-    ) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, log_path, env=env, cwd=cwd, stop_timeout=stop_timeout)
-        self._stoppers.append((name, proc.stop))
+    def add(self, proc: ManagedProcess) -> ManagedProcess:
+        """Stop ``proc`` with the rest; returns it."""
+        self._stoppers.append((proc.name, proc.stop))
         return proc
 
     def on_stop(self, name: str, stop: Callable[[], object]) -> None:

@@ -209,13 +209,13 @@ def dspark_argv(*args: str) -> list[str]:
 def start_mooncake(cfg: JobConfig, layout: Layout, processes: ProcessSet, say: Callable[[str], None]) -> None:
     """The Mooncake master role (`dspark mooncake-master --config`), waited for on its health endpoint."""
     say(f"starting the Mooncake master on {cfg.transport.master_address}")
-    proc = processes.start(
+    proc = processes.add(ManagedProcess(
         "mooncake-master",
         dspark_argv("mooncake-master", "--config", str(layout.config), "--host", "127.0.0.1"),
         layout.logs / "mooncake-master.log",
         env=worker_env(),
         cwd=layout.root,
-    )
+    ))
     try:
         wait_until(http_ok(f"http://127.0.0.1:{cfg.transport.master_metrics_port}/health"), proc,
                    "the Mooncake master", timeout=60)
@@ -246,8 +246,8 @@ def start_capture_servers(
         else:
             what = "the capture server"
             say(f"starting the reference capture server on 127.0.0.1:{port} ({plan.label})")
-        proc = processes.start(plan.name, argv, layout.logs / f"{plan.name}.log", env={**worker_env(), **plan.env},
-                               cwd=layout.root)
+        proc = processes.add(ManagedProcess(plan.name, argv, layout.logs / f"{plan.name}.log",
+                                            env={**worker_env(), **plan.env}, cwd=layout.root))
         started.append((url, proc, what))
     for url, proc, what in started:
         wait_until(http_ok(f"{url}/health"), proc, what, timeout=180)

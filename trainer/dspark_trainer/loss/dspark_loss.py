@@ -15,22 +15,30 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dspark_trainer.config.draft import DraftSettings
 from dspark_trainer.loss.vocab import vocab_loss_fused, vocab_terms
 
 TERMS = ("ce", "l1", "confidence")
 
 
+_DRAFT_FIELDS = DraftSettings.model_fields
+
+
 @dataclass(frozen=True)
 class LossWeights:
-    """The alphas of the three terms."""
+    """The alphas of the three terms (defaults: the draft settings')."""
 
-    ce: float = 0.1
-    l1: float = 0.9
-    confidence: float = 1.0
+    ce: float = _DRAFT_FIELDS["ce_alpha"].default
+    l1: float = _DRAFT_FIELDS["l1_alpha"].default
+    confidence: float = _DRAFT_FIELDS["confidence_alpha"].default
 
     @property
     def needs_target(self) -> bool:
         return self.l1 > 0 or self.confidence > 0
+
+    def by_term(self) -> tuple[tuple[str, float], ...]:
+        """``(name, alpha)`` of each term, in ``TERMS`` order."""
+        return (("ce", self.ce), ("l1", self.l1), ("confidence", self.confidence))
 
 
 @dataclass
@@ -141,7 +149,7 @@ def dspark_loss(
             loss = loss + alphas.confidence * sums["confidence"]
         loss = loss * scale + fused_loss
     else:
-        for name, alpha in (("ce", alphas.ce), ("l1", alphas.l1), ("confidence", alphas.confidence)):
+        for name, alpha in alphas.by_term():
             if alpha > 0:
                 loss = loss + alpha * sums[name]
         loss = loss * scale

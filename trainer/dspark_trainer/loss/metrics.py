@@ -51,7 +51,7 @@ def summarize(stats: Mapping[str, torch.Tensor], alphas: LossWeights) -> DSparkM
     wsum = float(stats["weight_sum"])
     loss: dict[str, float] = {}
     total = 0.0
-    for name, alpha in (("ce", alphas.ce), ("l1", alphas.l1), ("confidence", alphas.confidence)):
+    for name, alpha in alphas.by_term():
         key = f"{name}_sum"
         if key in stats:
             loss[name] = _ratio(float(stats[key]), wsum)
@@ -94,7 +94,7 @@ def all_reduce_stats(
     stats: dict[str, torch.Tensor], *, device: torch.device | None = None, group: dist.ProcessGroup | None = None
 ) -> dict[str, torch.Tensor]:
     """Sum statistics over ranks (one flat all-reduce; every rank must hold the same keys and shapes)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
+    if not stats or not (dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
         return dict(stats)
     keys = sorted(stats)
     flat = torch.cat([stats[k].detach().double().reshape(-1).to(device or stats[k].device) for k in keys])

@@ -16,6 +16,7 @@ so the largest temporaries are ``[chunk_size, V]`` and nothing of size ``[N, V]`
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,73 @@ def target_probs(target_hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Te
     return torch.softmax(_mm_f32(target_hidden, lm_head), dim=-1)
 
 
-def _check(h: torch.Tensor, feats: torch.Tensor | None, markov_w2: torch.Tensor | None) -> None:
+def _check(
+    h: torch.Tensor, feats: torch.Tensor | None, markov_w2: torch.Tensor | None, chunk_size: int | None = None
+) -> None:
     if (feats is None) != (markov_w2 is None):
         raise ValueError("Markov features and markov_w2 must be given together")
     if h.dim() != 2:
         raise ValueError(f"hidden must be [N, H], got {tuple(h.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each chunk of ``size`` rows out of ``n``."""
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def _row_buffers(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row ``ce`` (float32), ``tv`` (float32 zeros) and ``correct`` (bool) outputs for ``n`` rows."""
+    ce = torch.empty(n, dtype=torch.float32, device=device)
+    tv = torch.zeros(n, dtype=torch.float32, device=device)
+    correct = torch.empty(n, dtype=torch.bool, device=device)
+    return ce, tv, correct
+
+
+@dataclass
+class _InputGrads:
+    """Gradients of ``logits = h @ lm_head^T + feats @ markov_w2^T`` for its inputs (None: not needed);
+    the weight gradients accumulate in float32."""
+
+    h: torch.Tensor | None
+    feats: torch.Tensor | None
+    lm_head: torch.Tensor | None
+    markov_w2: torch.Tensor | None
+
+    @classmethod
+    def allocate(
+        cls, needs: Sequence[bool], h: torch.Tensor, feats: torch.Tensor | None, lm_head: torch.Tensor,
+        markov_w2: torch.Tensor | None,
+    ) -> _InputGrads:
+        need_h, need_f, need_w, need_w2 = needs[:4]
+        return cls(
+            h=torch.empty_like(h) if need_h else None,
+            feats=torch.empty_like(feats) if (need_f and feats is not None) else None,
+            lm_head=torch.zeros(lm_head.shape, dtype=torch.float32, device=h.device) if need_w else None,
+            markov_w2=(
+                torch.zeros(markov_w2.shape, dtype=torch.float32, device=h.device)
+                if (need_w2 and markov_w2 is not None) else None
+            ),
+        )
+
+    def add_chunk(
+        self, grad_logits: torch.Tensor, start: int, end: int, h: torch.Tensor, feats: torch.Tensor | None,
+        lm_head: torch.Tensor, markov_w2: torch.Tensor | None, *, float32_weights: bool,
+    ) -> None:
+        """Back-propagate ``grad_logits`` of rows ``start:end``; ``float32_weights`` forms the weight gradients
+        from float32 copies of the rows (else in the rows' dtype)."""
+        h_c = h[start:end]
+        f_c = None if feats is None else feats[start:end]
+        if self.h is not None:
+            self.h[start:end] = _mm_out(grad_logits, lm_head, h.dtype)
+        if self.feats is not None and f_c is not None and markov_w2 is not None:
+            self.feats[start:end] = _mm_out(grad_logits, markov_w2, f_c.dtype)
+        if self.lm_head is not None:
+            self.lm_head += _mm_out(grad_logits.t(), h_c.float() if float32_weights else h_c, torch.float32)
+        if self.markov_w2 is not None and f_c is not None:
+            self.markov_w2 += _mm_out(grad_logits.t(), f_c.float() if float32_weights else f_c, torch.float32)
 
 
 def vocab_terms_reference(
@@ -104,13 +167,9 @@ class _ChunkedVocabTerms(torch.autograd.Function):
         target_hidden: torch.Tensor | None,
         chunk_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = h.shape[0]
-        ce = torch.empty(n, dtype=torch.float32, device=h.device)
-        tv = torch.zeros(n, dtype=torch.float32, device=h.device)
-        correct = torch.empty(n, dtype=torch.bool, device=h.device)
+        ce, tv, correct = _row_buffers(h.shape[0], h.device)
         with torch.no_grad():
-            for s in range(0, n, chunk_size):
-                e = min(n, s + chunk_size)
+            for s, e in _chunks(h.shape[0], chunk_size):
                 logits = draft_logits(h[s:e], None if feats is None else feats[s:e], lm_head, markov_w2)
                 lse = torch.logsumexp(logits, dim=-1)
                 lab = labels[s:e]
@@ -133,21 +192,10 @@ class _ChunkedVocabTerms(torch.autograd.Function):
         ctx: Any, g_ce: torch.Tensor, g_tv: torch.Tensor, _g_correct: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         h, feats, lm_head, markov_w2, labels, target_hidden = ctx.saved_tensors
-        need_h, need_f, need_w, need_w2 = ctx.needs_input_grad[:4]
-        chunk = ctx.chunk_size
-        n = h.shape[0]
-        grad_h = torch.zeros_like(h) if need_h else None
-        grad_f = torch.zeros_like(feats) if (need_f and feats is not None) else None
-        grad_w = torch.zeros(lm_head.shape, dtype=torch.float32, device=h.device) if need_w else None
-        grad_w2 = (
-            torch.zeros(markov_w2.shape, dtype=torch.float32, device=h.device)
-            if (need_w2 and markov_w2 is not None) else None
-        )
+        grads = _InputGrads.allocate(ctx.needs_input_grad, h, feats, lm_head, markov_w2)
         with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
-            for s in range(0, n, chunk):
-                e = min(n, s + chunk)
-                f_c = None if feats is None else feats[s:e]
-                logits = draft_logits(h[s:e], f_c, lm_head, markov_w2)
+            for s, e in _chunks(h.shape[0], ctx.chunk_size):
+                logits = draft_logits(h[s:e], None if feats is None else feats[s:e], lm_head, markov_w2)
                 p = torch.softmax(logits, dim=-1)
                 del logits
                 gce = g_ce[s:e].float()
@@ -163,20 +211,13 @@ class _ChunkedVocabTerms(torch.autograd.Function):
                     grad_logits.add_(sgn)
                     del sgn
                 del p
-                if grad_h is not None:
-                    grad_h[s:e] = (grad_logits.to(lm_head.dtype) @ lm_head).to(h.dtype)
-                if grad_f is not None and f_c is not None and markov_w2 is not None:
-                    grad_f[s:e] = (grad_logits.to(markov_w2.dtype) @ markov_w2).to(feats.dtype)
-                if grad_w is not None:
-                    grad_w.addmm_(grad_logits.t(), h[s:e].float())
-                if grad_w2 is not None and f_c is not None:
-                    grad_w2.addmm_(grad_logits.t(), f_c.float())
+                grads.add_chunk(grad_logits, s, e, h, feats, lm_head, markov_w2, float32_weights=True)
                 del grad_logits
         return (
-            grad_h,
-            grad_f,
-            None if grad_w is None else grad_w.to(lm_head.dtype),
-            None if grad_w2 is None else grad_w2.to(markov_w2.dtype),
+            grads.h,
+            grads.feats,
+            None if grads.lm_head is None else grads.lm_head.to(lm_head.dtype),
+            None if grads.markov_w2 is None else grads.markov_w2.to(markov_w2.dtype),
             None,
             None,
             None,
@@ -197,9 +238,7 @@ def vocab_terms_chunked(
 
     The target's final hidden state never receives a gradient (it is data).
     """
-    _check(h, feats, markov_w2)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check(h, feats, markov_w2, chunk_size)
     t = None if target_hidden is None else target_hidden.detach()
     with torch.autocast(h.device.type, enabled=False):
         ce, tv, correct = _ChunkedVocabTerms.apply(h, feats, lm_head, markov_w2, labels, t, chunk_size)
@@ -302,28 +341,15 @@ class _FusedVocabLossFn(torch.autograd.Function):
         compile_rows: bool | None,
         out: dict[str, Any],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = h.shape[0]
         dev = h.device
-        need_h, need_f, need_w, need_w2 = ctx.needs_input_grad[:4]
-        want_grad = bool(need_h or need_f or need_w or need_w2)
+        want_grad = any(ctx.needs_input_grad[:4])
         rows_fn = _row_terms_fn(dev, compile_rows)
-        ce = torch.empty(n, dtype=torch.float32, device=dev)
-        tv = torch.zeros(n, dtype=torch.float32, device=dev)
-        correct = torch.empty(n, dtype=torch.bool, device=dev)
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_f = torch.empty_like(feats) if (need_f and feats is not None) else None
-        grad_w = torch.zeros(lm_head.shape, dtype=torch.float32, device=dev) if need_w else None
-        grad_w2 = (
-            torch.zeros(markov_w2.shape, dtype=torch.float32, device=dev)
-            if (need_w2 and markov_w2 is not None) else None
-        )
-        grad_dtype = lm_head.dtype
+        ce, tv, correct = _row_buffers(h.shape[0], dev)
+        grads = _InputGrads.allocate(ctx.needs_input_grad, h, feats, lm_head, markov_w2)
         computed_rows = 0
         with torch.no_grad(), torch.autocast(dev.type, enabled=False):
-            for s in range(0, n, chunk_size):
-                e = min(n, s + chunk_size)
-                f_c = None if feats is None else feats[s:e]
-                logits = draft_logits(h[s:e], f_c, lm_head, markov_w2)
+            for s, e in _chunks(h.shape[0], chunk_size):
+                logits = draft_logits(h[s:e], None if feats is None else feats[s:e], lm_head, markov_w2)
                 t_logits = t_index = None
                 if target_flat is not None and target_rows is not None:
                     rows = target_rows[s:e]
@@ -332,26 +358,19 @@ class _FusedVocabLossFn(torch.autograd.Function):
                     t_logits = _mm_f32(target_flat.index_select(0, rows), lm_head)
                     computed_rows += rows.shape[0]
                 ce_c, tv_c, cor_c, g = rows_fn(logits, t_logits, t_index, labels[s:e], ce_coef[s:e], tv_coef[s:e],
-                                               want_grad, grad_dtype)
+                                               want_grad, lm_head.dtype)
                 del logits, t_logits
                 ce[s:e] = ce_c
                 tv[s:e] = tv_c
                 correct[s:e] = cor_c
-                if g is None:
-                    continue
-                if grad_h is not None:
-                    grad_h[s:e] = _mm_out(g, lm_head, h.dtype)
-                if grad_f is not None and f_c is not None and markov_w2 is not None:
-                    grad_f[s:e] = _mm_out(g, markov_w2, f_c.dtype)
-                if grad_w is not None:
-                    grad_w += _mm_out(g.t(), h[s:e], torch.float32)
-                if grad_w2 is not None and f_c is not None:
-                    grad_w2 += _mm_out(g.t(), f_c, torch.float32)
+                if g is not None:
+                    grads.add_chunk(g, s, e, h, feats, lm_head, markov_w2, float32_weights=False)
                 del g
         loss = (ce_coef.float() * ce).sum() + (tv_coef.float() * tv).sum()
         out["target_rows"] = computed_rows
-        ctx.save_for_backward(grad_h, grad_f, grad_w, grad_w2)
-        ctx.has = (grad_h is not None, grad_f is not None, grad_w is not None, grad_w2 is not None)
+        saved = (grads.h, grads.feats, grads.lm_head, grads.markov_w2)
+        ctx.save_for_backward(*saved)
+        ctx.has = tuple(g is not None for g in saved)
         ctx.dtypes = (h.dtype, None if feats is None else feats.dtype, lm_head.dtype,
                       None if markov_w2 is None else markov_w2.dtype)
         ctx.mark_non_differentiable(ce, tv, correct)
@@ -399,9 +418,7 @@ def vocab_loss_fused(
     ``a + j`` overlap across anchors). ``compile_rows`` (default: on CUDA) compiles the per-row math.
     Same values and gradients as ``vocab_terms_reference`` with ``ce_coef``/``tv_coef`` weighting.
     """
-    _check(h, feats, markov_w2)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check(h, feats, markov_w2, chunk_size)
     if (target_flat is None) != (target_rows is None):
         raise ValueError("target_flat and target_rows must be given together")
     t = None if target_flat is None else target_flat.detach()

@@ -20,6 +20,7 @@ Inspection of a trained draft::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ from dspark_trainer.model.draft import DraftOutput, DSparkDraftModel
 from dspark_trainer.model.masks import AttentionBackend
 from dspark_trainer.model.target_weights import load_vocab_weights
 
+log = logging.getLogger(__name__)
+
 
 def build_draft_model(
     target_dir: str | Path,
@@ -45,51 +48,60 @@ def build_draft_model(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    seed: int = 0,
+    seed: int | None = 0,
     target_layer_ids: list[int] | None = None,
     attention_backend: AttentionBackend = "auto",
     loss_chunk_size: int | None = 1024,
     config: DSparkModelConfig | None = None,
+    strict_init_from: bool = True,
 ) -> DSparkDraftModel:
     """A new draft for the target in ``target_dir`` (its ``config.json``, ``tokenizer.json`` for the default
     mask token, and only the embedding and LM head of its safetensors).
 
-    Trainable weights are initialised deterministically from ``seed`` (the same on every rank), then
-    overwritten from ``options.init_from`` (a draft directory) when set. ``embed_tokens`` and ``lm_head``
-    are frozen (``requires_grad`` False). ``target_layer_ids`` overrides the options' rule; ``config``
-    skips resolving altogether.
+    Trainable weights are initialised deterministically from ``seed`` (the same on every rank; None: from
+    torch's global generator), then overwritten from ``options.init_from`` (a draft directory) when set, see
+    ``load_trainable_weights``. ``embed_tokens`` and ``lm_head`` are frozen (``requires_grad`` False).
+    ``target_layer_ids`` overrides the options' rule; ``config`` skips resolving altogether.
     """
     cfg = config or resolve_model_config_from_dir(target_dir, options, target_layer_ids=target_layer_ids)
     model = DSparkDraftModel(cfg, attention_backend=attention_backend, loss_chunk_size=loss_chunk_size)
-    model.reset_parameters(seed)
+    if seed is not None:
+        model.reset_parameters(seed)
     embed, head = load_vocab_weights(target_dir, dtype=torch.float32)
     model.set_vocab_weights(embed, head)
     if options.init_from:
-        load_trainable_weights(model, options.init_from)
+        load_trainable_weights(model, options.init_from, strict=strict_init_from)
     model.freeze_vocab()
     return model.to(device=device, dtype=dtype)
 
 
-def load_trainable_weights(model: DSparkDraftModel, draft_dir: str | Path) -> list[str]:
-    """Copy every trainable weight of the draft in ``draft_dir`` into ``model`` (``draft.initFrom``).
+def load_trainable_weights(model: DSparkDraftModel, draft_dir: str | Path, *, strict: bool = True) -> list[str]:
+    """Copy the trainable weights of the draft in ``draft_dir`` into ``model`` (``draft.initFrom``); returns the
+    names copied. Its embedding and LM head are ignored (the model keeps the target's).
 
-    The directory's architecture must match (same names and shapes); its embedding and LM head are
-    ignored (the model keeps the target's). Returns the names copied.
+    ``strict``: every weight must fit (same names and shapes), else ValueError. Otherwise the weights that fit
+    are copied (ValueError when none does), with a warning when the two drafts were trained with other options.
     """
     other_cfg, state = import_checkpoint(draft_dir)
     own = model.state_dict()
-    names = [n for n in own if n not in ("embed_tokens.weight", "lm_head.weight")]
-    bad = [n for n in names if n not in state or tuple(state[n].shape) != tuple(own[n].shape)]
-    if bad:
+    names = model.trainable_parameter_names()
+    fits = [n for n in names if n in state and tuple(state[n].shape) == tuple(own[n].shape)]
+    if strict and len(fits) < len(names):
+        bad = [n for n in names if n not in fits]
         raise ValueError(
             f"draft.initFrom {draft_dir}: its weights do not fit this draft (first mismatches: {bad[:5]}); "
             f"it has {other_cfg.num_draft_layers} layers, markov {other_cfg.markov_head_type}/{other_cfg.markov_rank}"
         )
+    if not fits:
+        raise ValueError(f"draft.initFrom: {draft_dir} has no weights that fit this draft")
+    if not strict and other_cfg.model_dump(exclude={"base_config"}) != model.config.model_dump(exclude={"base_config"}):
+        log.warning("draft.initFrom %s was trained with other options; loading the weights that fit", draft_dir)
     with torch.no_grad():
         params = dict(model.named_parameters())
-        for n in names:
+        for n in fits:
             params[n].copy_(state[n])
-    return names
+    log.info("initialised %d of %d trainable tensors from %s", len(fits), len(names), draft_dir)
+    return fits
 
 
 def load_draft(

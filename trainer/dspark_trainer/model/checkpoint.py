@@ -24,7 +24,6 @@ from safetensors.torch import save_file
 from dspark_trainer.model.config import DSparkModelConfig
 from dspark_trainer.model.serving import (
     FROZEN_WEIGHTS,
-    check_servable,
     dtype_name_of,
     model_config_from_serving,
     serving_config,
@@ -119,7 +118,6 @@ def export_checkpoint(
     that cannot serve the draft (``model.serving.serving_warnings``).
     """
     check_state(state, cfg)
-    check_servable(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = serving_state(state, cfg, dtype=dtype, include_frozen=include_frozen)

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from dspark_trainer.config.draft import QWEN3_MASK_TOKEN_ID, DraftOptions, MarkovHeadType, check_target_layer_ids
+from dspark_trainer.config.draft import (
+    QWEN3_MASK_TOKEN_ID,
+    DraftOptions,
+    DraftSettings,
+    MarkovHeadType,
+    check_target_layer_ids,
+)
 
 ARCHITECTURE = "Qwen3DSparkModel"
 
@@ -51,10 +57,11 @@ DSPARK_KEYS = (
 DROPPED_TARGET_KEYS = ("speculators_model_type", "speculators_config", "auto_map", "quantization_config")
 
 
-class DSparkModelConfig(BaseModel):
-    """Everything needed to build a DSpark draft (sizes are the target's)."""
+class DSparkModelConfig(DraftSettings):
+    """Everything needed to build a DSpark draft: the draft settings, resolved layer ids and mask token, and the
+    target's sizes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     # Backbone sizes (the target's).
     hidden_size: int = Field(..., ge=1)
@@ -68,22 +75,10 @@ class DSparkModelConfig(BaseModel):
     attention_bias: bool = False
     max_position_embeddings: int = 32768
     initializer_range: float = 0.02
-    # Draft shape.
+    # Resolved against the target.
     num_target_layers: int = Field(..., ge=1, description="Layers of the target model.")
-    num_draft_layers: int = Field(5, ge=1)
     target_layer_ids: list[int]
-    block_size: int = Field(7, ge=1)
     mask_token_id: int = Field(..., ge=0)
-    num_anchors: int = Field(512, ge=1)
-    markov_rank: int = Field(256, ge=0)
-    markov_head_type: MarkovHeadType = MarkovHeadType.VANILLA
-    enable_confidence_head: bool = True
-    confidence_head_with_markov: bool = True
-    # Loss.
-    gamma: float = Field(4.0, gt=0)
-    ce_alpha: float = Field(0.1, ge=0)
-    l1_alpha: float = Field(0.9, ge=0)
-    confidence_alpha: float = Field(1.0, ge=0)
     # The target's Hugging Face config (minus DSpark keys): the base of the exported config.json.
     base_config: dict[str, Any] = Field(default_factory=dict)
 
@@ -101,10 +96,6 @@ class DSparkModelConfig(BaseModel):
             raise ValueError(
                 f"draft.maskTokenId: {self.mask_token_id} does not fit the target's vocabulary of {self.vocab_size}"
             )
-        if self.enable_confidence_head and self.confidence_head_with_markov and self.markov_rank == 0:
-            raise ValueError("draft.confidenceHeadWithMarkov: needs markovRank > 0")
-        if self.confidence_alpha > 0 and not self.enable_confidence_head:
-            raise ValueError("draft.confidenceAlpha: is > 0 but enableConfidenceHead is false")
         return self
 
     @property
@@ -126,25 +117,6 @@ class DSparkModelConfig(BaseModel):
         data = self.model_dump()
         data.update(changes)
         return DSparkModelConfig.model_validate(data)
-
-    def draft_options(self) -> DraftOptions:
-        """The ``DraftOptions`` this configuration was resolved from (explicit target layer ids and mask id)."""
-        return DraftOptions(
-            block_size=self.block_size,
-            num_draft_layers=self.num_draft_layers,
-            num_anchors=self.num_anchors,
-            target_layer_ids=list(self.target_layer_ids),
-            num_target_layers_captured=self.num_captured_layers,
-            mask_token_id=self.mask_token_id,
-            markov_head_type=self.markov_head_type,
-            markov_rank=self.markov_rank,
-            enable_confidence_head=self.enable_confidence_head,
-            confidence_head_with_markov=self.confidence_head_with_markov,
-            ce_alpha=self.ce_alpha,
-            l1_alpha=self.l1_alpha,
-            confidence_alpha=self.confidence_alpha,
-            gamma=self.gamma,
-        )
 
     def to_checkpoint_config(self, dtype: str = "float32") -> dict[str, Any]:
         """The ``config.json`` of an exported draft: the target's Qwen3 config with the DSpark fields.
@@ -227,17 +199,22 @@ class DSparkModelConfig(BaseModel):
             target_layer_ids=[int(i) for i in pick("target_layer_ids")],
             block_size=int(pick("block_size")),
             mask_token_id=int(pick("mask_token_id")),
-            num_anchors=int(cfg.get("num_anchors", 512)),
+            num_anchors=int(cfg.get("num_anchors", _default("num_anchors"))),
             markov_rank=int(cfg.get("markov_rank", 0) or 0),
             markov_head_type=MarkovHeadType(str(cfg.get("markov_head_type", "vanilla")).lower()),
             enable_confidence_head=bool(cfg.get("enable_confidence_head", False)),
             confidence_head_with_markov=bool(cfg.get("confidence_head_with_markov", False)),
-            gamma=float(cfg.get("loss_decay_gamma", 4.0)),
-            ce_alpha=float(cfg.get("ce_loss_alpha", 0.1)),
-            l1_alpha=float(cfg.get("l1_loss_alpha", 0.9)),
+            gamma=float(cfg.get("loss_decay_gamma", _default("gamma"))),
+            ce_alpha=float(cfg.get("ce_loss_alpha", _default("ce_alpha"))),
+            l1_alpha=float(cfg.get("l1_loss_alpha", _default("l1_alpha"))),
             confidence_alpha=float(cfg.get("confidence_head_alpha", 1.0 if cfg.get("enable_confidence_head") else 0.0)),
             base_config=base,
         )
+
+
+def _default(name: str) -> Any:
+    """The default of a ``DraftSettings`` field (for a checkpoint config without the key)."""
+    return DraftSettings.model_fields[name].default
 
 
 def _rope_theta(cfg: dict[str, Any]) -> float:
@@ -397,23 +374,10 @@ def resolve_model_config(
     if mask is None:
         mask = default_mask_token_id(target_config, tokenizer_len, tokenizer)
     base = {k: v for k, v in target_config.items() if k not in DSPARK_KEYS and k not in DROPPED_TARGET_KEYS}
+    settings = options.model_dump(include=set(DraftSettings.model_fields))
+    settings["confidence_head_with_markov"] = options.confidence_head_with_markov and options.enable_confidence_head
     return DSparkModelConfig(
-        **sizes,
-        num_target_layers=num_layers,
-        num_draft_layers=options.num_draft_layers,
-        target_layer_ids=ids,
-        block_size=options.block_size,
-        mask_token_id=mask,
-        num_anchors=options.num_anchors,
-        markov_rank=options.markov_rank,
-        markov_head_type=MarkovHeadType(options.markov_head_type),
-        enable_confidence_head=options.enable_confidence_head,
-        confidence_head_with_markov=options.confidence_head_with_markov and options.enable_confidence_head,
-        gamma=options.gamma,
-        ce_alpha=options.ce_alpha,
-        l1_alpha=options.l1_alpha,
-        confidence_alpha=options.confidence_alpha,
-        base_config=base,
+        **sizes, **settings, num_target_layers=num_layers, target_layer_ids=ids, mask_token_id=mask, base_config=base
     )
 
 

@@ -53,15 +53,6 @@ def serving_format(cfg: DSparkModelConfig) -> ServingFormat:
     return ServingFormat.DSPARK if cfg.markov_rank > 0 else ServingFormat.DFLASH
 
 
-def check_servable(cfg: DSparkModelConfig) -> None:
-    """Raise ValueError for a draft no engine can serve (a confidence head without a Markov head)."""
-    if serving_format(cfg) == ServingFormat.DFLASH and cfg.enable_confidence_head:
-        raise ValueError(
-            "draft.enableConfidenceHead: a draft with markovRank 0 is served by DFLASH, which has no confidence "
-            "head (and vLLM's DFlash loader refuses its weights); set enableConfidenceHead: false or markovRank > 0"
-        )
-
-
 def serving_warnings(cfg: DSparkModelConfig) -> list[str]:
     """What an engine cannot serve of this draft, one sentence each (empty when both engines serve it)."""
     out: list[str] = []

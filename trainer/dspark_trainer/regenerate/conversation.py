@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspark_trainer.data.records import ROLES
+from dspark_trainer.data.records import messages_problem, record_id
 from dspark_trainer.regenerate.endpoints import ChatOutcome
 from dspark_trainer.regenerate.options import RetryPolicy, SamplingParams
 from dspark_trainer.regenerate.plan import InputLine
@@ -69,18 +69,13 @@ def parse_conversation(line: InputLine) -> tuple[dict[str, Any], str, list[dict[
         raise SampleRejected(f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise SampleRejected("a record must be a JSON object with a `messages` list")
-    raw_id = obj.get("id")
-    uid = line.default_uid if raw_id is None or raw_id == "" else str(raw_id)
     messages = obj.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise SampleRejected("`messages` must be a non-empty list")
+    problem = messages_problem(messages)
+    if problem:
+        raise SampleRejected(problem)
+    assert isinstance(messages, list)
     seen_user = False
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
-            raise SampleRejected(f"messages[{i}] needs a `role` in {sorted(ROLES)}")
-        content = msg.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise SampleRejected(f"messages[{i}].content must be a string or a list of parts")
         if msg["role"] == "tool" or msg.get("tool_calls"):
             raise SampleRejected(f"messages[{i}]: tool calls are not supported by regeneration")
         if msg["role"] == "user":
@@ -89,7 +84,7 @@ def parse_conversation(line: InputLine) -> tuple[dict[str, Any], str, list[dict[
             raise SampleRejected(f"messages[{i}]: an assistant turn before any user turn")
     if not seen_user:
         raise SampleRejected("the conversation has no user turn")
-    return obj, uid, messages
+    return obj, record_id(obj, line.default_uid), messages
 
 
 def _prompt_message(msg: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ mixed-precision input cast cannot round it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,11 @@ from dspark_trainer.loss.dspark_loss import LossWeights
 from dspark_trainer.loss.metrics import summarize
 from dspark_trainer.loss.weights import local_denominator
 from dspark_trainer.model.anchors import sample_anchors
-from dspark_trainer.model.checkpoint import export_checkpoint, import_checkpoint
-from dspark_trainer.model.config import DSparkModelConfig, resolve_model_config_from_dir
-from dspark_trainer.model.draft import DSparkDraftModel
+from dspark_trainer.model.api import build_draft_model
+from dspark_trainer.model.checkpoint import export_checkpoint
+from dspark_trainer.model.config import DSparkModelConfig
 from dspark_trainer.model.serving import SERVING_DTYPES
-from dspark_trainer.model.target_weights import load_vocab_weights
 from dspark_trainer.runtime.draft_api import Quality
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,28 +45,13 @@ class DSparkDraftAPI:
     def build_model(
         self, config: JobConfig, target_dir: str, layer_ids: Sequence[int], device: torch.device
     ) -> torch.nn.Module:
-        cfg = resolve_model_config_from_dir(target_dir, config.draft, target_layer_ids=list(layer_ids))
-        self.model_config = cfg
-        model = DSparkDraftModel(cfg)  # initialised from the torch RNG (seeded by the runtime)
-        embed, head = load_vocab_weights(target_dir, dtype=torch.float32)
-        model.set_vocab_weights(embed, head)
-        if config.draft.init_from:
-            self._init_from(model, cfg, config.draft.init_from)
+        model = build_draft_model(  # initialised from the torch RNG (seeded by the runtime)
+            target_dir, config.draft, device=device, seed=None, target_layer_ids=list(layer_ids),
+            strict_init_from=False,
+        )
+        self.model_config = model.config
         self.alphas = model.loss_weights
-        return model.to(device)
-
-    @staticmethod
-    def _init_from(model: DSparkDraftModel, cfg: DSparkModelConfig, path: str) -> None:
-        init_cfg, state = import_checkpoint(path)
-        if init_cfg.model_dump(exclude={"base_config"}) != cfg.model_dump(exclude={"base_config"}):
-            log.warning("draft.initFrom %s was trained with other options; loading the weights that fit", path)
-        own = model.state_dict()
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        usable = {n: t for n, t in state.items() if n in trainable and tuple(t.shape) == tuple(own[n].shape)}
-        if not usable:
-            raise ValueError(f"draft.initFrom: {path} has no weights that fit this draft")
-        model.load_state_dict(usable, strict=False)
-        log.info("initialised %d of %d trainable tensors from %s", len(usable), len(trainable), path)
+        return model
 
     def decoder_layers(self, model: torch.nn.Module) -> Sequence[torch.nn.Module]:
         assert isinstance(model.layers, torch.nn.ModuleList)

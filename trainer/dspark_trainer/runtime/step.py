@@ -25,6 +25,8 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 
 from dspark_trainer.data.batching import MicroBatch
+from dspark_trainer.loss.metrics import accumulate_stats, all_reduce_stats
+from dspark_trainer.loss.weights import global_denominator
 from dspark_trainer.runtime.dist import all_reduce_sum
 from dspark_trainer.runtime.draft_api import DraftAPI, Quality
 from dspark_trainer.runtime.fsdp import clip_gradients
@@ -41,29 +43,9 @@ class StepResult:
     applied: bool  # False when the update was skipped for a non-finite gradient norm
 
 
-def reduce_stats(stats: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Sum statistics over ranks in one collective (keys are sorted so every rank agrees on the layout)."""
-    keys = sorted(stats)
-    flat = [stats[k].detach().to(device=device, dtype=torch.float64).reshape(-1) for k in keys]
-    sizes = [t.numel() for t in flat]
-    packed = all_reduce_sum(torch.cat(flat)) if flat else torch.zeros(0, dtype=torch.float64)
-    out: dict[str, torch.Tensor] = {}
-    for key, piece, original in zip(keys, packed.split(sizes), (stats[k] for k in keys), strict=True):
-        out[key] = piece.reshape(original.shape).cpu()
-    return out
-
-
-def add_stats(total: dict[str, torch.Tensor], stats: Mapping[str, torch.Tensor]) -> None:
-    for key, value in stats.items():
-        v = value.detach().to(torch.float64)
-        total[key] = total[key] + v if key in total else v.clone()
-
-
-def global_denominator(api: DraftAPI, prepared: Sequence[object], device: torch.device) -> torch.Tensor:
-    local = torch.zeros(1, dtype=torch.float64, device=device)
-    for p in prepared:
-        local += api.denominator(p).detach().to(device=device, dtype=torch.float64)
-    return all_reduce_sum(local)[0]
+def summed_stats(totals: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Statistics summed over ranks (one collective on ``device``), on the CPU."""
+    return {k: v.cpu() for k, v in all_reduce_stats(dict(totals), device=device).items()}
 
 
 def micro_batch_denominators(
@@ -143,7 +125,7 @@ def train_step(
             denom_for_loss = denoms[i].clamp(min=MIN_DENOMINATOR).to(torch.float32)
             loss, stats = api.loss_and_stats(model, p, denom_for_loss, world_size)
             loss.backward()
-            add_stats(totals, stats)
+            accumulate_stats(totals, stats)
     finally:
         if defer_gradient_sync:
             end_accumulation(model)
@@ -153,7 +135,7 @@ def train_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    summed = reduce_stats(totals, device)
+    summed = summed_stats(totals, device)
     return StepResult(
         quality=api.summarize(summed, float(denom)),
         grad_norm=grad_norm,
@@ -177,17 +159,15 @@ def eval_batches(
     step (every rank must run the same number of sharded forwards)."""
     model.eval()
     prepared = [api.prepare(model, mb) for mb in micro_batches]
-    local = torch.zeros(1, dtype=torch.float64, device=device)
-    for p, use in zip(prepared, counted, strict=True):
-        if use:
-            local += api.denominator(p).detach().to(device=device, dtype=torch.float64)
-    denom = all_reduce_sum(local)[0]
+    denom = global_denominator(
+        [api.denominator(p).detach() for p, use in zip(prepared, counted, strict=True) if use], device=device
+    )
     totals: dict[str, torch.Tensor] = {}
     for p, use in zip(prepared, counted, strict=True):
         _, stats = api.loss_and_stats(model, p, denom.clamp(min=MIN_DENOMINATOR).to(torch.float32), world_size)
         if use:
-            add_stats(totals, stats)
+            accumulate_stats(totals, stats)
         elif not totals:
-            add_stats(totals, {k: torch.zeros_like(v) for k, v in stats.items()})
+            accumulate_stats(totals, {k: torch.zeros_like(v) for k, v in stats.items()})
     model.train()
-    return api.summarize(reduce_stats(totals, device), float(denom))
+    return api.summarize(summed_stats(totals, device), float(denom))
