@@ -13,6 +13,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dspark_trainer.config.progress import TrainerState
+
 from dspark_operator.api.job import JobView
 from dspark_operator.api.spec import RunPolicySpec
 from dspark_operator.api.status import (
@@ -25,7 +27,6 @@ from dspark_operator.api.status import (
     GangMember,
     GangStatus,
     Phase,
-    TrainerState,
 )
 from dspark_operator.api.targets import known_target_layers
 from dspark_operator.builders.config import draft_output_path
