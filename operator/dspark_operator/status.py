@@ -13,7 +13,9 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dspark_trainer.config import ConfigError
 from dspark_trainer.config.progress import TrainerState
+from dspark_trainer.target_resolution import describe_target, known_target_layers, resolve_layer_ids
 
 from dspark_operator.api.job import JobView
 from dspark_operator.api.spec import RunPolicySpec
@@ -28,7 +30,6 @@ from dspark_operator.api.status import (
     GangStatus,
     Phase,
 )
-from dspark_operator.api.targets import known_target_layers
 from dspark_operator.builders.config import draft_output_path
 from dspark_operator.builders.regenerate_job import dataset_path_for_training, describe_summary, job_conditions
 from dspark_operator.scheduling import PodPlacement, Verdict
@@ -382,18 +383,18 @@ def _target_layers(b: _Builder) -> None:
     otherwise (the trainer checks them when it loads the target's config)."""
     spec = b.job.spec
     assert spec is not None
-    layers = known_target_layers(spec.target.model)
+    layers = known_target_layers(spec.target)
     if layers is not None:
         try:
-            ids = spec.draft.resolve_target_layer_ids(layers)
-        except ValueError as err:
+            ids = resolve_layer_ids(spec.draft, layers)
+        except ConfigError as err:
             b.condition(ConditionType.TARGET_LAYERS_CHECKED, False, "LayersDoNotFit", str(err))
             return
         b.condition(
             ConditionType.TARGET_LAYERS_CHECKED,
             True,
             "KnownTarget",
-            f"target layers {ids} fit {spec.target.model} ({layers} layers)",
+            f"target layers {ids} fit {describe_target(spec.target)} ({layers} layers)",
         )
     else:
         what = (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from dspark_trainer.config import (
     CaptureSettings,
@@ -30,6 +30,7 @@ from dspark_trainer.config import (
     InferenceConfig,
     OptimizerConfig,
     ScheduleConfig,
+    TargetConfig,
     TransportSettings,
 )
 from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
@@ -116,25 +117,10 @@ class EnvVar(ConfigModel):
 # --------------------------------------------------------------------------------------
 
 
-class TargetSpec(ConfigModel):
-    """The target model whose hidden states train the draft. Immutable after creation: the draft is
-    trained for exactly this model."""
+class TargetSpec(TargetConfig):
+    """The target model whose hidden states train the draft (model, revision and dtype are the job config's).
+    Immutable after creation: the draft is trained for exactly this model."""
 
-    model: str = Field(
-        ...,
-        min_length=1,
-        max_length=1024,
-        description=(
-            "Hugging Face hub id (e.g. Qwen/Qwen3-8B) or a directory inside the pods "
-            "(e.g. /models/qwen3-8b when modelClaimName mounts a volume at /models). Immutable."
-        ),
-    )
-    revision: str | None = Field(
-        None, min_length=1, max_length=256, description="Hub revision (branch, tag or commit) of the target. Immutable."
-    )
-    dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Dtype the target runs in and its hidden states are captured in. Immutable."
-    )
     model_claim_name: str | None = Field(
         None,
         min_length=1,

@@ -56,7 +56,7 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
     transport = spec.transport.model_dump(include=set(TransportSettings.model_fields))
     return JobConfig(
         job=JobIdentity(name=ctx.name, namespace=ctx.namespace, uid=ctx.uid),
-        target=TargetConfig(model=spec.target.model, revision=spec.target.revision, dtype=spec.target.dtype),
+        target=TargetConfig.model_validate(spec.target.model_dump(include=set(TargetConfig.model_fields))),
         draft=spec.draft,
         # With dataset.regenerate the trainer reads the regenerated output (written by the regeneration Job).
         dataset=DatasetConfig.model_validate(
