@@ -18,6 +18,7 @@ from dspark_trainer.config.progress import TrainerState
 from dspark_trainer.target_resolution import describe_target, known_target_layers, resolve_layer_ids
 
 from dspark_operator.api.job import JobView
+from dspark_operator.api.paths import dataset_path_for_training, draft_output_path
 from dspark_operator.api.spec import RunPolicySpec
 from dspark_operator.api.status import (
     TERMINAL_PHASES,
@@ -30,8 +31,7 @@ from dspark_operator.api.status import (
     GangStatus,
     Phase,
 )
-from dspark_operator.builders.config import draft_output_path
-from dspark_operator.builders.regenerate_job import dataset_path_for_training, describe_summary, job_conditions
+from dspark_operator.builders.regenerate_job import describe_summary, job_conditions, regenerate_job_name
 from dspark_operator.scheduling import PodPlacement, Verdict
 
 SUSPEND_REASON = "Suspend"
@@ -614,7 +614,7 @@ def _regeneration(
     spec = b.job.spec
     assert spec is not None
     job = observed.regenerate
-    name = f"{b.job.name}-regenerate"
+    name = regenerate_job_name(b.job.name)
     output = dataset_path_for_training(spec)
     if regeneration_done(st, observed):
         cond = st.condition(ConditionType.REGENERATING.value)

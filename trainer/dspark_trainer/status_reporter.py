@@ -39,9 +39,6 @@ from dspark_trainer.config.progress import URGENT_STATES, TrainerState, progress
 log = logging.getLogger(__name__)
 
 
-GROUP, VERSION, PLURAL = "dspark.io", "v1alpha1", "dsparktrainingjobs"
-
-
 def _rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -77,7 +74,7 @@ class StatusReporter:
     @property
     def path(self) -> str:
         """REST path of the job's status subresource."""
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}/status"
+        return JobIdentity(name=self.name, namespace=self.namespace).path + "/status"
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -15,9 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dspark_trainer.config.job import GROUP, PLURAL, VERSION
 from dspark_trainer.config.progress import Progress
-
-GROUP, VERSION, PLURAL = "dspark.io", "v1alpha1", "dsparktrainingjobs"
 
 
 class StatusError(RuntimeError):
