@@ -73,6 +73,9 @@ def _check_quantity(value: int | str) -> int | str:
     return value
 
 
+DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+"""The name of a Secret, PersistentVolumeClaim, PriorityClass, scheduler, ... (a DNS-1123 subdomain)."""
+
 Quantity = Annotated[
     int | str,
     AfterValidator(_check_quantity),
@@ -101,7 +104,7 @@ class ResourceRequirements(ConfigModel):
 class SecretKeyRef(ConfigModel):
     """A key of a Secret in the job's namespace."""
 
-    name: str = Field(..., min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Secret name.")
+    name: DnsName = Field(..., description="Secret name.")
     key: str = Field("token", min_length=1, max_length=253, description="Key in the Secret holding the value.")
 
 
@@ -121,11 +124,8 @@ class TargetSpec(TargetConfig):
     """The target model whose hidden states train the draft (model, revision and dtype are the job config's).
     Immutable after creation: the draft is trained for exactly this model."""
 
-    model_claim_name: str | None = Field(
+    model_claim_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description="PersistentVolumeClaim with model weights, mounted read-only at /models in every pod.",
     )
     hf_token_secret_ref: SecretKeyRef | None = Field(
@@ -247,11 +247,8 @@ class DatasetSpec(DatasetConfig):
             "Jinja chat template (inline, at most 256 KiB, or a file path in the pods). Default: the tokenizer's."
         ),
     )
-    claim_name: str | None = Field(
+    claim_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description=(
             "PersistentVolumeClaim holding the dataset, mounted read-only at /data in the trainer pods. Immutable."
         ),
@@ -312,11 +309,8 @@ class OutputSpec(ConfigModel):
     """Where checkpoints and the exported draft are written: directories inside the output volume. Every field is
     immutable (changing one would leave the checkpoints of the running job behind)."""
 
-    claim_name: str | None = Field(
+    claim_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description=(
             "PersistentVolumeClaim mounted at mountPath in the trainer pods (ReadWriteMany for more than one node). "
             "Without it an emptyDir is used and the result is lost with the pods (testing only; the job reports "
@@ -497,20 +491,15 @@ class Toleration(ConfigModel):
 class SchedulingSpec(ConfigModel):
     """Where and with which priority the job's pods run."""
 
-    priority_class_name: str | None = Field(
-        None, min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of every pod."
-    )
+    priority_class_name: DnsName | None = Field(None, description="PriorityClass of every pod.")
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels every pod requires (e.g. a GPU product label)."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations of every pod (e.g. for tainted GPU nodes)."
     )
-    scheduler_name: str | None = Field(
+    scheduler_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description="Scheduler for every pod (e.g. a gang scheduler).",
     )
     queue_name: str | None = Field(
