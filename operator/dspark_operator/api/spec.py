@@ -29,6 +29,7 @@ from dspark_trainer.config import (
     ExportConfig,
     InferenceConfig,
     OptimizerConfig,
+    RegenerateSettings,
     ScheduleConfig,
     TargetConfig,
     TransportSettings,
@@ -138,7 +139,7 @@ class TargetSpec(TargetConfig):
         return check_named(value, "target.model", "Qwen/Qwen3-8B or /models/qwen3-8b")
 
 
-class RegenerateSpec(ConfigModel):
+class RegenerateSpec(RegenerateSettings):
     """Regenerate every assistant turn of the dataset with the target itself before training (the published DSpark
     recipe: temperature 0.7, top_p 0.8, top_k 20, thinking disabled). The operator runs `dspark data regenerate` as a
     batch/v1 Job against the job's own inference Service once the servers are ready; the trainer starts when the Job
@@ -160,22 +161,6 @@ class RegenerateSpec(ConfigModel):
         max_length=1024,
         description="Image with dspark and Ray for the Job. Default: trainer.image, else the operator's trainer image.",
     )
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
-    top_p: float = Field(0.8, gt=0, le=1, description="Nucleus sampling probability (top_p).")
-    top_k: int = Field(20, ge=-1, le=1_000_000, description="Top-k sampling; -1 turns it off.")
-    max_tokens: int = Field(2048, ge=1, le=131072, description="Longest generated assistant turn, in tokens.")
-    enable_thinking: bool = Field(
-        False, description="Let the target think (chat_template_kwargs.enable_thinking); the recipe disables it."
-    )
-    seed: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="Base seed of the per-request seeds (a rerun samples the same turns)."
-    )
-    reject_truncated: bool = Field(
-        False, description="Drop a sample (to rejects/) when one of its turns hits maxTokens; default: keep it."
-    )
-    shard_size: int = Field(
-        1000, ge=1, le=1_000_000, description="Samples per output shard (the unit of commit and resume)."
-    )
     concurrency_per_replica: int = Field(
         32,
         ge=1,
@@ -185,11 +170,6 @@ class RegenerateSpec(ConfigModel):
             "inference Service (dspark data regenerate --concurrency-per-endpoint)."
         ),
     )
-    workers: int = Field(2, ge=1, le=64, description="Shards regenerated at a time (Ray actors).")
-    max_retries: int = Field(
-        5, ge=0, le=100, description="Retries of a failed request (exponential back-off, then the sample is rejected)."
-    )
-    request_timeout_seconds: float = Field(600.0, gt=0, le=86400, description="Timeout of one chat request.")
     wait_endpoints_seconds: float = Field(
         1800.0, gt=0, le=86400, description="How long the Job waits for the inference Service's /v1/models at start."
     )
