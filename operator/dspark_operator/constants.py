@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Final
 
-GROUP: Final = "dspark.io"
-VERSION: Final = "v1alpha1"
+from dspark_trainer.config.job import GROUP as GROUP
+from dspark_trainer.config.job import KIND as KIND
+from dspark_trainer.config.job import PLURAL as PLURAL
+from dspark_trainer.config.job import VERSION as VERSION
+
 API_VERSION: Final = f"{GROUP}/{VERSION}"
-KIND: Final = "DSparkTrainingJob"
-PLURAL: Final = "dsparktrainingjobs"
 SINGULAR: Final = "dsparktrainingjob"
 SHORT_NAMES: Final = ("dsj",)
 CATEGORIES: Final = ("dspark",)

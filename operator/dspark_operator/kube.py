@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from dspark_operator.constants import FIELD_MANAGER
+from dspark_operator.constants import API_VERSION, FIELD_MANAGER, KIND, PLURAL
 
 JsonObj = dict[str, Any]
 
@@ -74,7 +74,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("rbac.authorization.k8s.io/v1", "Role", "roles"),
         KindInfo("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
         KindInfo("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),
-        KindInfo("dspark.io/v1alpha1", "DSparkTrainingJob", "dsparktrainingjobs"),
+        KindInfo(API_VERSION, KIND, PLURAL),
     )
 }
 

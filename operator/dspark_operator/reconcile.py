@@ -76,8 +76,6 @@ from dspark_operator.status import (
 log = logging.getLogger("dspark_operator.reconcile")
 
 JOB_KIND = KINDS[KIND]
-# Status keys the operator owns; `progress` belongs to the trainer and is never written here.
-OPERATOR_STATUS_KEYS = OPERATOR_STATUS_FIELDS
 CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "StatefulSet")
 FIRST_WAVE = frozenset({"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service"})
 # Answers of a dry run that mean "this object, as built from the spec, will never be accepted".
@@ -153,10 +151,11 @@ def best_effort_run_policy(body: Mapping[str, Any]) -> RunPolicySpec | None:
 
 
 def status_patch(raw_status: Mapping[str, Any], new: DSparkTrainingJobStatus) -> dict[str, Any] | None:
-    """The merge patch from the current status to the new one (operator-owned keys only); None if equal."""
+    """The operator's one writer of the job's status: the merge patch from the current status to the new one
+    (the keys of OPERATOR_STATUS_FIELDS only; `progress` is the trainer's); None if equal."""
     wire = new.to_wire()
     patch: dict[str, Any] = {}
-    for key in OPERATOR_STATUS_KEYS:
+    for key in OPERATOR_STATUS_FIELDS:
         if key in wire:
             if raw_status.get(key) != wire[key]:
                 patch[key] = wire[key]

@@ -13,7 +13,12 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dspark_trainer.config import ConfigError
+from dspark_trainer.config.progress import TrainerState
+from dspark_trainer.target_resolution import describe_target, known_target_layers, resolve_layer_ids
+
 from dspark_operator.api.job import JobView
+from dspark_operator.api.paths import dataset_path_for_training, draft_output_path
 from dspark_operator.api.spec import RunPolicySpec
 from dspark_operator.api.status import (
     TERMINAL_PHASES,
@@ -25,11 +30,8 @@ from dspark_operator.api.status import (
     GangMember,
     GangStatus,
     Phase,
-    TrainerState,
 )
-from dspark_operator.api.targets import known_target_layers
-from dspark_operator.builders.config import draft_output_path
-from dspark_operator.builders.regenerate_job import dataset_path_for_training, describe_summary, job_conditions
+from dspark_operator.builders.regenerate_job import describe_summary, job_conditions, regenerate_job_name
 from dspark_operator.scheduling import PodPlacement, Verdict
 
 SUSPEND_REASON = "Suspend"
@@ -381,18 +383,18 @@ def _target_layers(b: _Builder) -> None:
     otherwise (the trainer checks them when it loads the target's config)."""
     spec = b.job.spec
     assert spec is not None
-    layers = known_target_layers(spec.target.model)
+    layers = known_target_layers(spec.target)
     if layers is not None:
         try:
-            ids = spec.draft.resolve_target_layer_ids(layers)
-        except ValueError as err:
+            ids = resolve_layer_ids(spec.draft, layers)
+        except ConfigError as err:
             b.condition(ConditionType.TARGET_LAYERS_CHECKED, False, "LayersDoNotFit", str(err))
             return
         b.condition(
             ConditionType.TARGET_LAYERS_CHECKED,
             True,
             "KnownTarget",
-            f"target layers {ids} fit {spec.target.model} ({layers} layers)",
+            f"target layers {ids} fit {describe_target(spec.target)} ({layers} layers)",
         )
     else:
         what = (
@@ -612,7 +614,7 @@ def _regeneration(
     spec = b.job.spec
     assert spec is not None
     job = observed.regenerate
-    name = f"{b.job.name}-regenerate"
+    name = regenerate_job_name(b.job.name)
     output = dataset_path_for_training(spec)
     if regeneration_done(st, observed):
         cond = st.condition(ConditionType.REGENERATING.value)

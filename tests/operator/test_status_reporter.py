@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from dspark_trainer.config.job import JobIdentity
-from dspark_trainer.status_reporter import StatusReporter, normalize
+from dspark_trainer.config.progress import progress_patch
+from dspark_trainer.status_reporter import StatusReporter
 
 
 class FakeResponse:
@@ -72,8 +73,8 @@ def test_for_job() -> None:
     assert r.path == "/apis/dspark.io/v1alpha1/namespaces/ns/dsparktrainingjobs/j/status"
 
 
-def test_normalize_types_and_unknown_keys() -> None:
-    out = normalize(
+def test_progress_patch_types_and_unknown_keys() -> None:
+    out = progress_patch(
         {
             "step": 3.0,
             "loss": float("nan"),
@@ -147,3 +148,25 @@ def test_completed_retries(fake: tuple[StatusReporter, FakeClient, Clock], monke
     assert reporter.completed("/output/draft", step=100)
     progress = client.calls[-1][3]["status"]["progress"]
     assert progress["state"] == "Completed" and progress["draftPath"] == "/output/draft" and progress["step"] == 100
+
+
+def test_progress_patch_fits_the_status_schema() -> None:
+    from dspark_operator.api.status import DSparkTrainingJobStatus
+
+    out = progress_patch(
+        {
+            "state": "Completed",
+            "tau": -1.0,  # refused by the schema (minimum 0): dropped, the rest is kept
+            "message": "x" * 10_000,
+            "checkpoint_ack": "a" * 500,
+            "accept_rate": list(range(100)),
+            "updatedTime": "now",  # stamped by the reporter only
+            "evaluation": {"prompt_set": "mt-bench", "tau": float("nan"), "speedup": 2, "bogus": 1},
+        }
+    )
+    assert out["state"] == "Completed" and "tau" not in out and "updatedTime" not in out
+    assert len(out["message"]) == 4096 and len(out["checkpointAck"]) == 128 and len(out["acceptRate"]) == 64
+    assert out["evaluation"] == {"promptSet": "mt-bench", "speedup": 2.0}
+    status = DSparkTrainingJobStatus.model_validate({"progress": out})
+    assert status.progress is not None and status.progress.to_wire() == out
+    assert progress_patch({"draft_path": None}) == {"draftPath": None}  # a merge patch's null clears the key

@@ -134,3 +134,22 @@ def test_demo_config_copies_match() -> None:
     repo = Path(__file__).resolve().parents[2]
     assert (repo / "configs" / "local-demo.yaml").read_text() == LOCAL_DEMO_CONFIG.read_text()
     JobConfig.from_file(LOCAL_DEMO_CONFIG)
+
+
+def test_a_hub_target_is_read_from_its_snapshot_at_the_revision(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    calls: list[tuple[str, str | None]] = []
+
+    def snapshot_download(*, repo_id: str, revision: str | None = None, **_: object) -> str:
+        calls.append((repo_id, revision))
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    cfg = good(target, tmp_path)
+    cfg["target"] = {"model": "acme/tiny-qwen3", "revision": "0123abcd"}
+    plan = plan_run(JobConfig.model_validate(cfg), 1)
+    assert calls == [("acme/tiny-qwen3", "0123abcd")]  # resolved once; config, tokenizer and build read the snapshot
+    assert plan.target_dir == str(target) and plan.layer_ids == [0, 2]

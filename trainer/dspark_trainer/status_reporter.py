@@ -14,8 +14,9 @@ except state changes (Checkpointed, Completed, Failed) which are sent at once.
         reporter.completed(draft_path="/output/draft", step=1000)
         reporter.close()
 
-Keys may be snake_case or camelCase; unknown keys are dropped; NaN/inf become null. Reporting never
-raises: a failed patch is logged and retried with the next report (``completed`` retries for a while).
+Fields are those of ``dspark_trainer.config.progress.Progress``, made schema-safe by its ``progress_patch``
+(snake_case or camelCase keys; unknown keys dropped; NaN/inf become null). Reporting never raises: a failed
+patch is logged and retried with the next report (``completed`` retries for a while).
 
 The suspend handshake: the operator sets ``status.checkpointRequest.id``; the trainer checkpoints
 and reports ``state: Checkpointed`` with ``checkpointAck: <id>`` (``checkpointed()`` does both); the
@@ -26,97 +27,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic.alias_generators import to_camel
-
 from dspark_trainer.config.job import JobIdentity
+from dspark_trainer.config.progress import URGENT_STATES, TrainerState, progress_patch
 
 log = logging.getLogger(__name__)
-
-
-GROUP, VERSION, PLURAL = "dspark.io", "v1alpha1", "dsparktrainingjobs"
-
-# status.progress fields (camelCase) and their JSON types; see dspark_operator.api.status.Progress.
-INT_FIELDS = frozenset({"step", "total", "samples", "lastCheckpointStep"})
-FLOAT_FIELDS = frozenset({"epoch", "loss", "tau", "throughput", "tokensPerSecond"})
-STR_FIELDS = frozenset({"state", "lastCheckpoint", "checkpointAck", "draftPath", "message"})
-LIST_FIELDS = frozenset({"acceptRate"})
-# status.progress.evaluation (see dspark_operator.api.status.EvaluationResult).
-EVALUATION_FIELDS = {
-    "promptSet": str, "numPrompts": int, "temperature": float, "tau": float, "acceptRate": list, "speedup": float,
-    "tokensPerSecond": float, "baselineTokensPerSecond": float, "confidenceEce": float, "message": str,
-}
-FIELDS = INT_FIELDS | FLOAT_FIELDS | STR_FIELDS | LIST_FIELDS | {"evaluation"}
-STATES = ("Starting", "Running", "Checkpointed", "Completed", "Failed")
-URGENT_STATES = frozenset({"Checkpointed", "Completed", "Failed"})
-
-
-def _camel(key: str) -> str:
-    return to_camel(key) if "_" in key else key
-
-
-def _float(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def normalize(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """camelCase keys, JSON-safe values of the right type; unknown keys dropped, non-finite floats -> None."""
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        name = _camel(key)
-        if name not in FIELDS:
-            continue
-        if value is None:
-            out[name] = None
-        elif name in INT_FIELDS:
-            f = _float(value)
-            out[name] = None if f is None else max(0, int(f))
-        elif name in FLOAT_FIELDS:
-            out[name] = _float(value)
-        elif name == "evaluation":
-            out[name] = _evaluation(value)
-        elif name in LIST_FIELDS:
-            out[name] = [x if x is not None else 0.0 for x in (_float(v) for v in list(value)[:64])]
-        else:
-            text = str(value)
-            out[name] = text[:4000] if name != "checkpointAck" else text[:128]
-    state = out.get("state")
-    if state is not None and state not in STATES:
-        log.warning("status reporter: unknown state %r dropped (one of %s)", state, ", ".join(STATES))
-        out.pop("state")
-    return out
-
-
-def _evaluation(value: Any) -> dict[str, Any] | None:
-    """The evaluation result, JSON-safe: camelCase keys of EVALUATION_FIELDS only, finite numbers."""
-    if not isinstance(value, Mapping):
-        return None
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        name = _camel(str(key))
-        kind = EVALUATION_FIELDS.get(name)
-        if kind is None or item is None:
-            continue
-        if kind is list:
-            out[name] = [x if x is not None else 0.0 for x in (_float(v) for v in list(item)[:64])]
-        elif kind is int:
-            f = _float(item)
-            out[name] = None if f is None else max(0, int(f))
-        elif kind is float:
-            out[name] = _float(item)
-        else:
-            out[name] = str(item)[:4000]
-    return out
 
 
 def _rfc3339(t: float) -> str:
@@ -154,7 +74,7 @@ class StatusReporter:
     @property
     def path(self) -> str:
         """REST path of the job's status subresource."""
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}/status"
+        return JobIdentity(name=self.name, namespace=self.namespace).path + "/status"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -193,7 +113,7 @@ class StatusReporter:
     def report(self, fields: Mapping[str, Any] | None = None, force: bool = False, **more: Any) -> bool:
         """Merge these progress fields into the pending report and send it when the interval has passed
         (or force, or the state changed to Checkpointed/Completed/Failed). True when a patch was sent."""
-        data = normalize({**(fields or {}), **more})
+        data = progress_patch({**(fields or {}), **more})
         with self._lock:
             self._pending.update(data)
             state = data.get("state")
@@ -227,7 +147,7 @@ class StatusReporter:
     def checkpointed(self, path: str, step: int | None = None, request_id: str | None = None) -> bool:
         """Report a complete checkpoint; acknowledges the operator's request (given or pending)."""
         ack = request_id or self._request_id
-        fields: dict[str, Any] = {"state": "Checkpointed", "last_checkpoint": path}
+        fields: dict[str, Any] = {"state": TrainerState.CHECKPOINTED, "last_checkpoint": path}
         if step is not None:
             fields["last_checkpoint_step"] = step
         if ack:
@@ -239,7 +159,7 @@ class StatusReporter:
         deadline = self._clock() + retry_seconds
         delay = 1.0
         while True:
-            if self.report({**fields, "state": "Completed", "draft_path": draft_path}, force=True):
+            if self.report({**fields, "state": TrainerState.COMPLETED, "draft_path": draft_path}, force=True):
                 return True
             if self._clock() + delay > deadline:
                 return False
@@ -248,7 +168,7 @@ class StatusReporter:
 
     def failed(self, message: str, **fields: Any) -> bool:
         """Report a failure a restart cannot fix (the operator marks the job Failed, no gang restart)."""
-        return self.report({**fields, "state": "Failed", "message": message}, force=True)
+        return self.report({**fields, "state": TrainerState.FAILED, "message": message}, force=True)
 
     def close(self) -> None:
         """Send what is pending."""

@@ -8,8 +8,6 @@ from dspark_operator.api.status import (
     ConditionType,
     DSparkTrainingJobStatus,
     Phase,
-    Progress,
-    TrainerState,
 )
 
 __all__ = [
@@ -21,7 +19,5 @@ __all__ = [
     "InvalidSpec",
     "JobView",
     "Phase",
-    "Progress",
-    "TrainerState",
     "parse_job",
 ]

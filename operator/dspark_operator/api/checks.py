@@ -2,7 +2,9 @@
 
 Most of them are also CEL rules of the CRD, so `kubectl apply` already refuses the spec; the operator checks
 them again because a spec can reach it without that admission (an older CRD, a test, a direct API write) and
-because a few cannot be said in CEL (the known targets' depth, the SGLang flags the operator owns).
+because a few cannot be said in CEL (the known targets' depth, the SGLang flags the operator owns). The target
+layers are checked by the trainer's own rule (``dspark_trainer.target_resolution``), so the operator and the trainer
+agree on them.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from dspark_trainer.capture.sglang_args import owned_flag
-from dspark_trainer.config import InferenceEngine, TransportProtocol
+from dspark_trainer.config import ConfigError, InferenceEngine, TransportProtocol
 from dspark_trainer.config.draft import sglang_layer_problem
+from dspark_trainer.target_resolution import describe_target, known_target_layers, resolve_layer_ids
 
 from dspark_operator.api.problems import InvalidSpec
 from dspark_operator.api.spec import DSparkTrainingJobSpec, EnvVar, ResourceRequirements
-from dspark_operator.api.targets import known_target_layers
 from dspark_operator.constants import (
     MOONCAKE_METADATA_PORT,
     MOONCAKE_METRICS_PORT,
@@ -160,21 +162,20 @@ def check_optimizer(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
 
 
 def check_target_layers(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
-    """The captured layers fit the target, when its depth is known (see :mod:`dspark_operator.api.targets`)."""
-    layers = known_target_layers(spec.target.model)
+    """The captured layers fit the target, when its depth is known (``dspark_trainer.target_resolution``)."""
+    layers = known_target_layers(spec.target)
     if layers is None:
         return None
     try:
-        spec.draft.resolve_target_layer_ids(layers)
-    except ValueError as err:
-        message = str(err)
+        resolve_layer_ids(spec.draft, layers)
+    except ConfigError as err:
         field = (
             "spec.draft.targetLayerIds"
             if spec.draft.target_layer_ids is not None
-            else ("spec.draft.numTargetLayersCaptured")
+            else "spec.draft.numTargetLayersCaptured"
         )
-        message = message.split(": ", 1)[1] if message.startswith("draft.") else message
-        return InvalidSpec(field, f"{message} ({spec.target.model} has {layers} layers)")
+        message = str(err).split(": ", 1)[1]
+        return InvalidSpec(field, f"{message} ({describe_target(spec.target)} has {layers} layers)")
     return None
 
 

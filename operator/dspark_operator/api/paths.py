@@ -9,7 +9,12 @@ and as pydantic validators (the operator's own check, and every other reader of 
 
 from __future__ import annotations
 
+import posixpath
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dspark_operator.api.spec import DSparkTrainingJobSpec
 
 # A relative directory: segments of [A-Za-z0-9_.-] that do not start with '.' or '-' (so no '.', '..',
 # hidden or option-like segments), no empty segments, no leading or trailing '/'.
@@ -77,3 +82,25 @@ def cel_mount_path_rule() -> str:
         f"!(self == '{p}' || self.startsWith('{p}/') || '{p}'.startsWith(self + '/'))" for p in OPERATOR_MOUNTS
     ] + [f"!(self == '{p}' || self.startsWith('{p}/'))" for p in SYSTEM_DIRS]
     return " && ".join(clauses)
+
+
+def output_path(spec: DSparkTrainingJobSpec, directory: str) -> str:
+    """A directory inside the output volume as the pods see it (under trainer.output.mountPath)."""
+    return posixpath.join(spec.trainer.output.mount_path, directory)
+
+
+def draft_output_path(spec: DSparkTrainingJobSpec) -> str:
+    """Where the trainer writes the exported draft (the job config's outputDir; status.draftPath by default)."""
+    return output_path(spec, spec.trainer.output.draft_dir)
+
+
+def checkpoint_output_path(spec: DSparkTrainingJobSpec) -> str:
+    """Where the trainer writes its checkpoints (the job config's checkpoint.dir)."""
+    return output_path(spec, spec.trainer.output.checkpoint_dir)
+
+
+def dataset_path_for_training(spec: DSparkTrainingJobSpec) -> str:
+    """The dataset the trainer reads: the regenerated output when ``dataset.regenerate`` is set (where the
+    regeneration Job writes it), else dataset.path."""
+    regen = spec.dataset.regenerate
+    return spec.dataset.path if regen is None else output_path(spec, regen.output_dir)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from dspark_trainer.config import (
     CaptureSettings,
@@ -29,7 +29,9 @@ from dspark_trainer.config import (
     ExportSettings,
     InferenceConfig,
     OptimizerConfig,
+    RegenerateSettings,
     ScheduleConfig,
+    TargetConfig,
     TransportSettings,
 )
 from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
@@ -72,6 +74,9 @@ def _check_quantity(value: int | str) -> int | str:
     return value
 
 
+DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+"""The name of a Secret, PersistentVolumeClaim, PriorityClass, scheduler, ... (a DNS-1123 subdomain)."""
+
 Quantity = Annotated[
     int | str,
     AfterValidator(_check_quantity),
@@ -100,7 +105,7 @@ class ResourceRequirements(ConfigModel):
 class SecretKeyRef(ConfigModel):
     """A key of a Secret in the job's namespace."""
 
-    name: str = Field(..., min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Secret name.")
+    name: DnsName = Field(..., description="Secret name.")
     key: str = Field("token", min_length=1, max_length=253, description="Key in the Secret holding the value.")
 
 
@@ -116,30 +121,12 @@ class EnvVar(ConfigModel):
 # --------------------------------------------------------------------------------------
 
 
-class TargetSpec(ConfigModel):
-    """The target model whose hidden states train the draft. Immutable after creation: the draft is
-    trained for exactly this model."""
+class TargetSpec(TargetConfig):
+    """The target model whose hidden states train the draft (model, revision and dtype are the job config's).
+    Immutable after creation: the draft is trained for exactly this model."""
 
-    model: str = Field(
-        ...,
-        min_length=1,
-        max_length=1024,
-        description=(
-            "Hugging Face hub id (e.g. Qwen/Qwen3-8B) or a directory inside the pods "
-            "(e.g. /models/qwen3-8b when modelClaimName mounts a volume at /models). Immutable."
-        ),
-    )
-    revision: str | None = Field(
-        None, min_length=1, max_length=256, description="Hub revision (branch, tag or commit) of the target. Immutable."
-    )
-    dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Dtype the target runs in and its hidden states are captured in. Immutable."
-    )
-    model_claim_name: str | None = Field(
+    model_claim_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description="PersistentVolumeClaim with model weights, mounted read-only at /models in every pod.",
     )
     hf_token_secret_ref: SecretKeyRef | None = Field(
@@ -152,7 +139,7 @@ class TargetSpec(ConfigModel):
         return check_named(value, "target.model", "Qwen/Qwen3-8B or /models/qwen3-8b")
 
 
-class RegenerateSpec(ConfigModel):
+class RegenerateSpec(RegenerateSettings):
     """Regenerate every assistant turn of the dataset with the target itself before training (the published DSpark
     recipe: temperature 0.7, top_p 0.8, top_k 20, thinking disabled). The operator runs `dspark data regenerate` as a
     batch/v1 Job against the job's own inference Service once the servers are ready; the trainer starts when the Job
@@ -174,22 +161,6 @@ class RegenerateSpec(ConfigModel):
         max_length=1024,
         description="Image with dspark and Ray for the Job. Default: trainer.image, else the operator's trainer image.",
     )
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
-    top_p: float = Field(0.8, gt=0, le=1, description="Nucleus sampling probability (top_p).")
-    top_k: int = Field(20, ge=-1, le=1_000_000, description="Top-k sampling; -1 turns it off.")
-    max_tokens: int = Field(2048, ge=1, le=131072, description="Longest generated assistant turn, in tokens.")
-    enable_thinking: bool = Field(
-        False, description="Let the target think (chat_template_kwargs.enable_thinking); the recipe disables it."
-    )
-    seed: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="Base seed of the per-request seeds (a rerun samples the same turns)."
-    )
-    reject_truncated: bool = Field(
-        False, description="Drop a sample (to rejects/) when one of its turns hits maxTokens; default: keep it."
-    )
-    shard_size: int = Field(
-        1000, ge=1, le=1_000_000, description="Samples per output shard (the unit of commit and resume)."
-    )
     concurrency_per_replica: int = Field(
         32,
         ge=1,
@@ -199,11 +170,6 @@ class RegenerateSpec(ConfigModel):
             "inference Service (dspark data regenerate --concurrency-per-endpoint)."
         ),
     )
-    workers: int = Field(2, ge=1, le=64, description="Shards regenerated at a time (Ray actors).")
-    max_retries: int = Field(
-        5, ge=0, le=100, description="Retries of a failed request (exponential back-off, then the sample is rejected)."
-    )
-    request_timeout_seconds: float = Field(600.0, gt=0, le=86400, description="Timeout of one chat request.")
     wait_endpoints_seconds: float = Field(
         1800.0, gt=0, le=86400, description="How long the Job waits for the inference Service's /v1/models at start."
     )
@@ -261,11 +227,8 @@ class DatasetSpec(DatasetConfig):
             "Jinja chat template (inline, at most 256 KiB, or a file path in the pods). Default: the tokenizer's."
         ),
     )
-    claim_name: str | None = Field(
+    claim_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description=(
             "PersistentVolumeClaim holding the dataset, mounted read-only at /data in the trainer pods. Immutable."
         ),
@@ -341,11 +304,8 @@ class OutputSpec(ConfigModel):
     """Where checkpoints and the exported draft are written: directories inside the output volume. Every field is
     immutable (changing one would leave the checkpoints of the running job behind)."""
 
-    claim_name: str | None = Field(
+    claim_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description=(
             "PersistentVolumeClaim mounted at mountPath in the trainer pods (ReadWriteMany for more than one node). "
             "Without it an emptyDir is used and the result is lost with the pods (testing only; the job reports "
@@ -529,20 +489,15 @@ class Toleration(ConfigModel):
 class SchedulingSpec(ConfigModel):
     """Where and with which priority the job's pods run."""
 
-    priority_class_name: str | None = Field(
-        None, min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of every pod."
-    )
+    priority_class_name: DnsName | None = Field(None, description="PriorityClass of every pod.")
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels every pod requires (e.g. a GPU product label)."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations of every pod (e.g. for tainted GPU nodes)."
     )
-    scheduler_name: str | None = Field(
+    scheduler_name: DnsName | None = Field(
         None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
         description="Scheduler for every pod (e.g. a gang scheduler).",
     )
     queue_name: str | None = Field(

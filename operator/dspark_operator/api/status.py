@@ -1,12 +1,14 @@
 """The `status` of a DSparkTrainingJob: the single source of the CRD's status schema.
 
-The operator owns everything except `progress`, which the trainer's rank 0 patches through
+The operator owns everything except `progress`, whose model (:class:`Progress`) is the trainer's,
+``dspark_trainer.config.progress``: the trainer's rank 0 patches it through
 :class:`dspark_trainer.status_reporter.StatusReporter` (the trainer's Role allows patching the
 status subresource of its own job only, and the chart's ValidatingAdmissionPolicy refuses a patch by
-the trainer's ServiceAccount that touches any other field: :data:`OPERATOR_STATUS_FIELDS`).
+the trainer's ServiceAccount that touches any other field: :data:`OPERATOR_STATUS_FIELDS`). The
+operator writes its keys only through ``dspark_operator.reconcile.status_patch``.
 
-Status models ignore unknown keys when reading, so an operator never fails on a status written
-by a newer or older version; the CRD schema still rejects unknown keys on writes.
+Status models (:class:`StatusModel`) ignore unknown keys when reading, so an operator never fails on
+a status written by a newer or older version; the CRD schema still rejects unknown keys on writes.
 """
 
 from __future__ import annotations
@@ -14,18 +16,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
-
-
-class StatusModel(BaseModel):
-    """camelCase on the wire, lenient on read."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", use_enum_values=True)
-
-    def to_wire(self) -> dict[str, object]:
-        """The camelCase JSON-compatible dict, without unset (None) fields."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+from dspark_trainer.config.progress import Progress, StatusModel
+from pydantic import Field
 
 
 class Phase(StrEnum):
@@ -70,16 +62,6 @@ class ConditionStatus(StrEnum):
     UNKNOWN = "Unknown"
 
 
-class TrainerState(StrEnum):
-    """What the trainer reports about itself in status.progress.state."""
-
-    STARTING = "Starting"
-    RUNNING = "Running"
-    CHECKPOINTED = "Checkpointed"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-
-
 class Condition(StatusModel):
     """One aspect of the job's state (same shape as metav1.Condition)."""
 
@@ -94,55 +76,6 @@ class Condition(StatusModel):
     )
     observed_generation: int | None = Field(
         None, ge=0, description="metadata.generation the condition was computed from."
-    )
-
-
-class EvaluationResult(StatusModel):
-    """The draft measured by real speculative decoding with its target after training (spec.evaluation)."""
-
-    prompt_set: str | None = Field(None, max_length=4096, description="The prompts decoded.")
-    num_prompts: int | None = Field(None, ge=0, description="How many prompts were decoded.")
-    temperature: float | None = Field(None, ge=0, description="Sampling temperature (0: greedy).")
-    tau: float | None = Field(None, ge=0, description="Mean tokens per verification round (accepted drafts + 1).")
-    accept_rate: list[float] | None = Field(
-        None, max_length=64, description="Per draft position: rounds accepting more than k / rounds proposing more."
-    )
-    speedup: float | None = Field(None, ge=0, description="Speculative tokens/s over target-only tokens/s.")
-    tokens_per_second: float | None = Field(None, ge=0, description="Speculative decoding tokens/s.")
-    baseline_tokens_per_second: float | None = Field(None, ge=0, description="Target-only decoding tokens/s.")
-    confidence_ece: float | None = Field(None, ge=0, description="Expected calibration error of the confidence head.")
-    message: str | None = Field(None, max_length=4096, description="Why the evaluation failed, if it did.")
-
-
-class Progress(StatusModel):
-    """Training progress, reported by the trainer's rank 0 (throttled)."""
-
-    state: TrainerState | None = Field(
-        None, description="Trainer state: Starting, Running, Checkpointed, Completed or Failed."
-    )
-    step: int | None = Field(None, ge=0, description="Optimizer steps done.")
-    total: int | None = Field(None, ge=0, description="Optimizer steps planned.")
-    epoch: float | None = Field(None, ge=0, description="Passes over the training split done (fractional).")
-    samples: int | None = Field(None, ge=0, description="Training samples consumed.")
-    loss: float | None = Field(None, description="Latest training loss (total).")
-    tau: float | None = Field(None, ge=0, description="Latest expected accepted tokens per block (tau).")
-    accept_rate: list[float] | None = Field(
-        None, max_length=64, description="Latest acceptance rate per draft position (index 0 is the first slot)."
-    )
-    throughput: float | None = Field(None, ge=0, description="Training samples per second (recent average).")
-    tokens_per_second: float | None = Field(None, ge=0, description="Training tokens per second (recent average).")
-    last_checkpoint: str | None = Field(None, max_length=4096, description="Path of the latest complete checkpoint.")
-    last_checkpoint_step: int | None = Field(None, ge=0, description="Step of the latest complete checkpoint.")
-    checkpoint_ack: str | None = Field(
-        None, max_length=128, description="Id of the operator's checkpoint request this checkpoint answers."
-    )
-    draft_path: str | None = Field(None, max_length=4096, description="Where the exported draft was written.")
-    message: str | None = Field(None, max_length=4096, description="Free-form note from the trainer.")
-    evaluation: EvaluationResult | None = Field(
-        None, description="Real speculative decoding of the export (spec.evaluation), once training is done."
-    )
-    updated_time: str | None = Field(
-        None, description="When the trainer last reported (RFC 3339).", json_schema_extra={"format": "date-time"}
     )
 
 
@@ -240,3 +173,4 @@ OPERATOR_STATUS_FIELDS: tuple[str, ...] = tuple(
     (info.alias or name) for name, info in DSparkTrainingJobStatus.model_fields.items() if name != "progress"
 )
 """The status keys (camelCase) only the operator writes; `progress` is the trainer's."""
+

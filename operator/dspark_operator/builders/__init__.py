@@ -3,9 +3,9 @@
 Nothing here talks to the API server; the reconciler applies what these functions return.
 """
 
+from dspark_operator.builders.children import build_children, workload_replicas
 from dspark_operator.builders.common import BuildContext, ChildNames, child_names
 from dspark_operator.builders.config import render_job_config
-from dspark_operator.builders.jobset import build_children, workload_replicas
 from dspark_operator.builders.regenerate_job import build_regenerate_job
 
 __all__ = [

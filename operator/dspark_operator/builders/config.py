@@ -7,7 +7,6 @@ it with `dspark_trainer.config.load_job_config`.
 
 from __future__ import annotations
 
-import posixpath
 import re
 
 import yaml
@@ -26,9 +25,9 @@ from dspark_trainer.config import (
 )
 from dspark_trainer.config.job import JOB_CONFIG_FILE
 
+from dspark_operator.api.paths import checkpoint_output_path, dataset_path_for_training, draft_output_path
 from dspark_operator.api.spec import DSparkTrainingJobSpec
 from dspark_operator.builders.common import BuildContext, Manifest, metadata, with_hash
-from dspark_operator.builders.regenerate_job import dataset_path_for_training
 from dspark_operator.constants import (
     COMPONENT_CONFIG,
     MOONCAKE_METADATA_PORT,
@@ -54,11 +53,10 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
     spec, names = ctx.spec, ctx.names
     mooncake_host = ctx.svc_host(names.mooncake)
     inference_url = f"http://{ctx.svc_host(names.inference)}:{spec.inference.port}"
-    out = spec.trainer.output
     transport = spec.transport.model_dump(include=set(TransportSettings.model_fields))
     return JobConfig(
         job=JobIdentity(name=ctx.name, namespace=ctx.namespace, uid=ctx.uid),
-        target=TargetConfig(model=spec.target.model, revision=spec.target.revision, dtype=spec.target.dtype),
+        target=TargetConfig.model_validate(spec.target.model_dump(include=set(TargetConfig.model_fields))),
         draft=spec.draft,
         # With dataset.regenerate the trainer reads the regenerated output (written by the regeneration Job).
         dataset=DatasetConfig.model_validate(
@@ -66,9 +64,7 @@ def render_job_config(ctx: BuildContext) -> JobConfig:
         ),
         optimizer=spec.trainer.optimizer,
         schedule=spec.trainer.schedule,
-        checkpoint=CheckpointConfig(
-            dir=posixpath.join(out.mount_path, out.checkpoint_dir), **spec.trainer.checkpoint.model_dump()
-        ),
+        checkpoint=CheckpointConfig(dir=checkpoint_output_path(spec), **spec.trainer.checkpoint.model_dump()),
         eval=spec.trainer.eval,
         evaluation=spec.evaluation,
         inference=render_inference_config(spec),
@@ -100,11 +96,6 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 def duration_seconds(text: str) -> float:
     """A Prometheus duration (`30s`, `1m30s`, `0`) in seconds."""
     return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
-def draft_output_path(spec: DSparkTrainingJobSpec) -> str:
-    """Where the trainer writes the exported draft (inside the trainer pods)."""
-    return posixpath.join(spec.trainer.output.mount_path, spec.trainer.output.draft_dir)
 
 
 def job_config_text(config: JobConfig) -> str:

@@ -17,13 +17,13 @@ failure policy) instead of retrying. The counts go to the container's terminatio
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from dspark_operator.api.spec import DSparkTrainingJobSpec, RegenerateSpec, ResourceRequirements
+from dspark_operator.api.paths import output_path
+from dspark_operator.api.spec import RegenerateSpec, ResourceRequirements
 from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
@@ -41,11 +41,9 @@ __all__ = [
     "COMPONENT_REGENERATE",
     "RegenerateSpec",
     "build_regenerate_job",
-    "dataset_path_for_training",
     "failure_from_pods",
     "regenerate_args",
     "regenerate_job_name",
-    "regenerated_dataset_path",
 ]
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -55,9 +53,9 @@ CONTAINER = "regenerate"
 EXIT_NOT_RETRYABLE = 2
 
 
-def regenerate_job_name(ctx: BuildContext) -> str:
-    """``<job>-regenerate``."""
-    return f"{ctx.name}-regenerate"
+def regenerate_job_name(job_name: str) -> str:
+    """``<job>-regenerate``: the regeneration Job of a DSparkTrainingJob."""
+    return f"{job_name}-regenerate"
 
 
 def _regen_of(ctx: BuildContext, regen: RegenerateSpec | None) -> RegenerateSpec:
@@ -65,19 +63,6 @@ def _regen_of(ctx: BuildContext, regen: RegenerateSpec | None) -> RegenerateSpec
     if regen is None:
         raise ValueError("spec.dataset.regenerate is not set")
     return regen
-
-
-def regenerated_dataset_path(ctx: BuildContext, regen: RegenerateSpec | None = None) -> str:
-    """Where the regenerated dataset lands; the trainer config's ``dataset.path`` when regeneration is on."""
-    return posixpath.join(ctx.spec.trainer.output.mount_path, _regen_of(ctx, regen).output_dir)
-
-
-def dataset_path_for_training(spec: DSparkTrainingJobSpec) -> str:
-    """The dataset the trainer reads: the regenerated output when ``dataset.regenerate`` is set, else dataset.path."""
-    regen = spec.dataset.regenerate
-    if regen is None:
-        return spec.dataset.path
-    return posixpath.join(spec.trainer.output.mount_path, regen.output_dir)
 
 
 def inference_endpoint(ctx: BuildContext) -> str:
@@ -119,7 +104,7 @@ def regenerate_args(ctx: BuildContext, regen: RegenerateSpec | None = None) -> l
         "--input",
         ctx.spec.dataset.path,
         "--output",
-        regenerated_dataset_path(ctx, regen),
+        output_path(ctx.spec, regen.output_dir),
         # One Service in front of all replicas: kube-proxy spreads the client's keep-alive connections (as many as
         # the concurrency) over the pods, so the bound is replicas x per-replica.
         "--endpoint",
@@ -206,7 +191,7 @@ def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec | None = None,
         {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": metadata(ctx, regenerate_job_name(ctx), COMPONENT_REGENERATE, workload=True),
+            "metadata": metadata(ctx, regenerate_job_name(ctx.name), COMPONENT_REGENERATE, workload=True),
             "spec": {
                 "backoffLimit": regen.backoff_limit,
                 **({"activeDeadlineSeconds": regen.active_deadline_seconds} if regen.active_deadline_seconds else {}),

@@ -46,7 +46,7 @@ def rendezvous_host(ctx: BuildContext) -> str:
 
 
 def torchrun_args(ctx: BuildContext) -> list[str]:
-    """torchrun arguments without the node rank (which each pod adds from its ordinal)."""
+    """torchrun's own arguments, without the node rank (which each pod adds from its ordinal)."""
     tr = ctx.spec.trainer
     return [
         "torchrun",
@@ -58,12 +58,16 @@ def torchrun_args(ctx: BuildContext) -> list[str]:
         rendezvous_host(ctx),
         "--master-port",
         str(TRAINER_RDZV_PORT),
-        "-m",
-        TRAINER_MODULE,
-        "train",
-        "--config",
-        JOB_CONFIG_PATH,
     ]
+
+
+def trainer_args() -> list[str]:
+    """What torchrun runs in every process: the trainer on the mounted job config."""
+    return ["-m", TRAINER_MODULE, "train", "--config", JOB_CONFIG_PATH]
+
+
+def _shell_words(args: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def trainer_script(ctx: BuildContext) -> str:
@@ -73,9 +77,7 @@ def trainer_script(ctx: BuildContext) -> str:
     after a successful run, idles until the operator scales the gang down (so a finished run is not
     restarted by the pod's restartPolicy: Always).
     """
-    cmd = torchrun_args(ctx)
-    head = " ".join(shlex.quote(a) for a in cmd[:9])
-    tail = " ".join(shlex.quote(a) for a in cmd[9:])
+    launch = f'{_shell_words(torchrun_args(ctx))} --node-rank "$rank" {_shell_words(trainer_args())}'
     return "\n".join(
         [
             "set -u",
@@ -84,7 +86,7 @@ def trainer_script(ctx: BuildContext) -> str:
             'trap \'term=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null\' TERM INT',
             f'rank="${{{POD_INDEX_ENV}:-}}"',
             f'[ -n "$rank" ] || rank="${{{POD_NAME_ENV}##*-}}"',
-            f'{head} --node-rank "$rank" {tail} &',
+            f"{launch} &",
             "child=$!",
             # A SIGTERM that arrived before the child's pid was known is passed on now.
             '[ -z "$term" ] || kill -TERM "$child" 2>/dev/null',

@@ -196,12 +196,13 @@ def _server_overrides(args: argparse.Namespace, base: ReferenceServerConfig) -> 
 
 def plan_from_job(config: JobConfig, args: argparse.Namespace) -> ReferencePlan:
     """The reference server of a job: the job config, with --port/--host/--device/batching flags on top."""
-    from dspark_trainer.target_resolution import target_layer_ids
+    from dspark_trainer.target_resolution import resolve_target_dir, target_layer_ids
 
     inf = config.inference
+    target_dir = resolve_target_dir(config.target)
     return ReferencePlan(
-        model=config.target.model,
-        layer_ids=target_layer_ids(config),
+        model=target_dir,
+        layer_ids=target_layer_ids(config, target_dir),
         num_layer_ids=config.draft.num_target_layers_captured,
         dtype=config.target.dtype,
         device=resolve_device(args.device or inf.reference.device),

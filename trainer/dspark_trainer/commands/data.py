@@ -16,6 +16,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from dspark_trainer.config.regenerate import RegenerateSettings
+
+RECIPE = RegenerateSettings()  # the defaults of the flags below
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``dspark data <action>``: ``regenerate``, ``sharegpt``."""
@@ -35,25 +39,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--input", required=True,
                     help="messages jsonl: a file, a directory of *.jsonl, or a glob of shards (quote it)")
     io.add_argument("--output", required=True, type=Path, help="output directory (sharded jsonl; rerun to resume)")
-    io.add_argument("--shard-size", type=int, default=1000,
-                    help="samples per output shard; fixed for an output directory (default 1000)")
+    io.add_argument("--shard-size", type=int, default=RECIPE.shard_size,
+                    help=f"samples per output shard; fixed for an output directory (default {RECIPE.shard_size})")
     ep = p.add_argument_group("endpoints")
     ep.add_argument("--endpoint", action="append", required=True, metavar="URL",
                     help="OpenAI-compatible server base URL (http://host:port or .../v1); repeat for several")
     ep.add_argument("--model", default=None, help="model name in requests (default: the first of /v1/models)")
     ep.add_argument("--concurrency-per-endpoint", type=int, default=32,
                     help="requests in flight per endpoint, whole run (default 32)")
-    ep.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request (default 600)")
+    ep.add_argument("--request-timeout", type=float, default=RECIPE.request_timeout_seconds,
+                    help=f"seconds per request (default {RECIPE.request_timeout_seconds:g})")
     ep.add_argument("--wait-endpoints", type=float, default=300.0,
                     help="seconds to wait for the endpoints' /v1/models at start (default 300)")
-    ep.add_argument("--max-retries", type=int, default=5, help="retries of a failed request (default 5)")
+    ep.add_argument("--max-retries", type=int, default=RECIPE.max_retries,
+                    help=f"retries of a failed request (default {RECIPE.max_retries})")
     ep.add_argument("--backoff", type=float, default=1.0, help="first back-off in seconds, doubled per retry")
     ep.add_argument("--backoff-max", type=float, default=30.0, help="longest back-off in seconds (default 30)")
     sp = p.add_argument_group("sampling (defaults: the published recipe)")
-    sp.add_argument("--temperature", type=float, default=0.7)
-    sp.add_argument("--top-p", type=float, default=0.8)
-    sp.add_argument("--top-k", type=int, default=20)
-    sp.add_argument("--max-tokens", type=int, default=2048, help="tokens per generated turn (default 2048)")
+    sp.add_argument("--temperature", type=float, default=RECIPE.temperature)
+    sp.add_argument("--top-p", type=float, default=RECIPE.top_p)
+    sp.add_argument("--top-k", type=int, default=RECIPE.top_k)
+    sp.add_argument("--max-tokens", type=int, default=RECIPE.max_tokens,
+                    help=f"tokens per generated turn (default {RECIPE.max_tokens})")
     sp.add_argument("--enable-thinking", action="store_true", help="let the model think (default: disabled)")
     sp.add_argument("--seed", type=int, default=None, help="derive a per-request seed (reproducible reruns)")
     sp.add_argument("--extra-body", default=None, metavar="JSON",
@@ -66,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rp.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start local Ray)")
     rp.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: the machine's)")
     rp.add_argument("--object-store-memory", type=int, default=None, help="bytes for local Ray's object store")
-    rp.add_argument("--workers", type=int, default=2, help="shards regenerated at a time (default 2)")
+    rp.add_argument("--workers", type=int, default=RECIPE.workers,
+                    help=f"shards regenerated at a time (default {RECIPE.workers})")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.add_argument("--summary-to", default=None, metavar="PATH",
                     help="also write the final counts as one JSON line here (e.g. /dev/termination-log)")

@@ -13,7 +13,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-GROUP, VERSION, PLURAL = "dspark.io", "v1alpha1", "dsparktrainingjobs"
+from pydantic import ValidationError
+
+from dspark_trainer.config.job import GROUP, PLURAL, VERSION
+from dspark_trainer.config.progress import Progress
 
 
 class StatusError(RuntimeError):
@@ -71,27 +74,34 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def read_progress(status: Mapping[str, Any]) -> Progress:
+    """status.progress as the trainer's model; empty when absent or unreadable."""
+    try:
+        return Progress.model_validate(status.get("progress") or {})
+    except ValidationError:
+        return Progress()
+
+
 def summary(job: Mapping[str, Any]) -> str:
     """The readable status of one job (pure)."""
     meta, status = job.get("metadata") or {}, job.get("status") or {}
-    progress = status.get("progress") or {}
+    progress = read_progress(status)
     lines = [
         f"job        {meta.get('namespace')}/{meta.get('name')}",
         f"phase      {status.get('phase') or 'Pending (not reconciled yet)'}",
-        f"step       {_fmt(progress.get('step'))}/{_fmt(progress.get('total'))}"
-        f"  samples {_fmt(progress.get('samples'))}  epoch {_fmt(progress.get('epoch'), 3)}",
-        f"loss       {_fmt(progress.get('loss'))}   tau {_fmt(progress.get('tau'))}",
+        f"step       {_fmt(progress.step)}/{_fmt(progress.total)}"
+        f"  samples {_fmt(progress.samples)}  epoch {_fmt(progress.epoch, 3)}",
+        f"loss       {_fmt(progress.loss)}   tau {_fmt(progress.tau)}",
     ]
-    rates = progress.get("acceptRate")
-    if rates:
-        lines.append("acceptance " + "  ".join(f"@{i}: {r:.3f}" for i, r in enumerate(rates)))
-    if progress.get("throughput") is not None:
-        lines.append(f"throughput {progress['throughput']:.2f} samples/s")
+    if progress.accept_rate:
+        lines.append("acceptance " + "  ".join(f"@{i}: {r:.3f}" for i, r in enumerate(progress.accept_rate)))
+    if progress.throughput is not None:
+        lines.append(f"throughput {progress.throughput:.2f} samples/s")
     lines.append(f"restarts   {status.get('restarts', 0)}")
     if status.get("transportProtocol"):
         lines.append(f"transport  {status['transportProtocol']}")
-    if progress.get("lastCheckpoint"):
-        lines.append(f"checkpoint {progress['lastCheckpoint']}")
+    if progress.last_checkpoint:
+        lines.append(f"checkpoint {progress.last_checkpoint}")
     if status.get("draftPath"):
         lines.append(f"draft      {status['draftPath']}")
     for cond in status.get("conditions") or []:

@@ -14,6 +14,7 @@ from dspark_trainer.config.job import (
     ReferenceServerConfig,
     load_job_config,
 )
+from dspark_trainer.config.regenerate import RegenerateSettings
 from dspark_trainer.config.training import (
     CaptureClientConfig,
     CaptureSettings,
@@ -56,6 +57,7 @@ __all__ = [
     "MetricsConfig",
     "OptimizerConfig",
     "ReferenceServerConfig",
+    "RegenerateSettings",
     "RuntimeConfig",
     "ScheduleConfig",
     "TargetConfig",

@@ -60,6 +60,13 @@ POD_INDEX_ENV = "DSPARK_POD_INDEX"
 """A trainer pod's ordinal (the StatefulSet pod-index label, downward API): torchrun's --node-rank."""
 
 
+# The DSparkTrainingJob API (the operator's CRD), named once for the operator and the trainer.
+GROUP = "dspark.io"
+VERSION = "v1alpha1"
+KIND = "DSparkTrainingJob"
+PLURAL = "dsparktrainingjobs"
+
+
 class JobIdentity(ConfigModel):
     """The DSparkTrainingJob this config was rendered for (absent outside Kubernetes): the trainer
     patches this job's status.progress."""
@@ -67,6 +74,11 @@ class JobIdentity(ConfigModel):
     name: str = Field(..., min_length=1, max_length=253, description="Name of the DSparkTrainingJob.")
     namespace: str = Field(..., min_length=1, max_length=63, description="Namespace of the job.")
     uid: str = Field("", max_length=64, description="UID of the job (for logs; the name is the key).")
+
+    @property
+    def path(self) -> str:
+        """REST path of the job (``+ "/status"``: its status subresource)."""
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}"
 
 
 class InferenceEngine(StrEnum):

@@ -18,10 +18,23 @@ from dspark_trainer.config.base import ConfigModel
 
 
 class TargetConfig(ConfigModel):
-    """The target model whose hidden states train the draft."""
+    """The target model whose hidden states train the draft (resolved by ``dspark_trainer.target_resolution``)."""
 
-    model: str = Field(..., min_length=1, description="Hugging Face hub id or local directory of the target.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the target.")
+    model: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Hugging Face hub id (e.g. Qwen/Qwen3-8B) or a directory inside the pods "
+            "(e.g. /models/qwen3-8b when modelClaimName mounts a volume at /models)."
+        ),
+    )
+    revision: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Hub revision (branch, tag or commit) of the target; every role reads the target at it.",
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="Dtype the target runs in and its hidden states are captured in."
     )

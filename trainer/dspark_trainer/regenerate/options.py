@@ -8,22 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The published DSpark recipe regenerates responses with these (the published recipe).
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.8
-DEFAULT_TOP_K = 20
-DEFAULT_MAX_TOKENS = 2048
+from dspark_trainer.config.regenerate import RegenerateSettings
+
+RECIPE = RegenerateSettings()  # the published DSpark recipe's sampling and the run's defaults
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """What every chat request asks for. ``extra_body`` is merged into each request (e.g. SGLang's ``min_p``)."""
 
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = DEFAULT_TOP_P
-    top_k: int = DEFAULT_TOP_K
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    enable_thinking: bool = False
+    temperature: float = RECIPE.temperature
+    top_p: float = RECIPE.top_p
+    top_k: int = RECIPE.top_k
+    max_tokens: int = RECIPE.max_tokens
+    enable_thinking: bool = RECIPE.enable_thinking
     seed: int | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
 
@@ -70,7 +68,7 @@ class SamplingParams:
 class RetryPolicy:
     """Retries of one request: exponential back-off with jitter, ``max_retries`` after the first try."""
 
-    max_retries: int = 5
+    max_retries: int = RECIPE.max_retries
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
 
@@ -96,12 +94,12 @@ class RunOptions:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     model: str | None = None
-    shard_size: int = 1000
-    workers: int = 2
+    shard_size: int = RECIPE.shard_size
+    workers: int = RECIPE.workers
     concurrency_per_endpoint: int = 32
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = RECIPE.request_timeout_seconds
     wait_endpoints_s: float = 300.0
-    reject_truncated: bool = False
+    reject_truncated: bool = RECIPE.reject_truncated
     ray_address: str | None = None
     num_cpus: int | None = None
     object_store_memory: int | None = None

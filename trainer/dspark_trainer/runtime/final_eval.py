@@ -35,8 +35,11 @@ def evaluation_fields(report: Any, prompt_set: str) -> dict[str, Any]:
     return out
 
 
-def evaluate_export(config: JobConfig, draft_dir: str, registry: CollectorRegistry) -> dict[str, Any] | None:
-    """Run the configured evaluation on the export; its status fields (None when none is configured)."""
+def evaluate_export(
+    config: JobConfig, target_dir: str, draft_dir: str, registry: CollectorRegistry
+) -> dict[str, Any] | None:
+    """Run the configured evaluation on the export with the target in target_dir (the trainer's resolved one); its
+    status fields (None when none is configured)."""
     spec = config.evaluation
     if spec is None:
         return None
@@ -48,7 +51,7 @@ def evaluate_export(config: JobConfig, draft_dir: str, registry: CollectorRegist
                               progress=False)
         log.info("evaluating the draft by speculative decoding: %d prompts of %s at temperature %g",
                  spec.num_prompts, spec.prompt_set, spec.temperature)
-        report = run_evaluation(draft_dir, config.target.model, spec.prompt_set, spec.num_prompts, spec.temperature,
+        report = run_evaluation(draft_dir, target_dir, spec.prompt_set, spec.num_prompts, spec.temperature,
                                 device=config.runtime.device, target_dtype=config.target.dtype, options=options)
         set_eval_gauges(registry, [report])
     except Exception as exc:

@@ -45,7 +45,7 @@ def load_draft_api() -> DraftAPI:
     return DSparkDraftAPI()
 
 
-def make_source(config: JobConfig, layer_ids: list[int], device: Any, rank: int) -> HiddenStateSource:
+def make_source(config: JobConfig, target_dir: str, layer_ids: list[int], device: Any, rank: int) -> HiddenStateSource:
     import torch
 
     need_last = config.draft.l1_alpha > 0 or config.draft.confidence_alpha > 0
@@ -53,7 +53,7 @@ def make_source(config: JobConfig, layer_ids: list[int], device: Any, rank: int)
         from dspark_trainer.runtime.sources import InlineSource
 
         dtype = getattr(torch, config.target.dtype)
-        return InlineSource(config.target.model, layer_ids, dtype, device, need_last, config.target.revision)
+        return InlineSource(target_dir, layer_ids, dtype, device, need_last)
     from dspark_trainer.runtime.remote_source import RemoteSource
 
     return RemoteSource(config, layer_ids, need_last, rank, torch.device(device))
@@ -122,7 +122,7 @@ def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:
             ctx = init_distributed(config.runtime.device, config.runtime.dist_timeout_seconds)
             if ctx.device.type == "cpu" and "OMP_NUM_THREADS" in os.environ:
                 torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-            source = make_source(config, plan.layer_ids, ctx.device, ctx.rank)
+            source = make_source(config, plan.target_dir, plan.layer_ids, ctx.device, ctx.rank)
             training = TrainingRun(config, plan, ctx, load_draft_api(), source, board, metrics, stop, status)
             try:
                 training.setup()
@@ -144,7 +144,7 @@ def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:
                 board.update(message="evaluating the draft by speculative decoding")
                 if status is not None:
                     status.report(board.status_fields(), force=True)
-                result = evaluate_export(config, str(board.snapshot().draft_path or config.output_dir),
+                result = evaluate_export(config, plan.target_dir, str(board.snapshot().draft_path or config.output_dir),
                                          metrics.registry)
                 board.update(state="Completed", evaluation=result, message="draft exported and evaluated")
         final_wait = config.metrics.final_scrape_timeout_seconds

@@ -17,16 +17,23 @@ from dspark_trainer.data.records import ConversationRecord, DatasetError, load_d
 from dspark_trainer.data.sharding import samples_per_rank_per_step, shard_length, total_steps
 from dspark_trainer.data.split import split_records
 from dspark_trainer.data.tokenize import ChatTokenizer
-from dspark_trainer.target_resolution import load_target_config, resolve_layer_ids, target_num_layers
+from dspark_trainer.target_resolution import (
+    describe_target,
+    load_target_config,
+    resolve_layer_ids,
+    resolve_target_dir,
+    target_num_layers,
+)
 
 
 @dataclass
 class RunPlan:
-    """What preflight resolved: data splits, tokenizer, layer ids, step counts."""
+    """What preflight resolved: data splits, the target's directory, tokenizer, layer ids, step counts."""
 
     train: Sequence[ConversationRecord]
     held_out: Sequence[ConversationRecord]
     chat_tokenizer: ChatTokenizer
+    target_dir: str  # every reader of the target (config, tokenizer, weights) reads this one directory
     target_config: Any
     layer_ids: list[int]
     world_size: int
@@ -41,13 +48,15 @@ class RunPlan:
         return per_epoch / self.samples_per_rank
 
 
-def load_chat_tokenizer(config: JobConfig) -> ChatTokenizer:
+def load_chat_tokenizer(config: JobConfig, target_dir: str) -> ChatTokenizer:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.target.model, revision=config.target.revision)
+        tokenizer = AutoTokenizer.from_pretrained(target_dir)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"target.model: cannot load the tokenizer of {config.target.model}: {exc}") from None
+        raise ConfigError(
+            f"target.model: cannot load the tokenizer of {describe_target(config.target)}: {exc}"
+        ) from None
     try:
         ds = config.dataset
         return ChatTokenizer(
@@ -111,9 +120,10 @@ def plan_run(config: JobConfig, world_size: int) -> RunPlan:
         per_rank, accum = samples_per_rank_per_step(sched.global_batch_size, world_size, sched.micro_batch_size)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    target_config = load_target_config(config)
-    layer_ids = resolve_layer_ids(config, target_num_layers(config, target_config))
-    chat_tokenizer = load_chat_tokenizer(config)
+    target_dir = resolve_target_dir(config.target)
+    target_config = load_target_config(config.target, target_dir)
+    layer_ids = resolve_layer_ids(config.draft, target_num_layers(config.target, target_config))
+    chat_tokenizer = load_chat_tokenizer(config, target_dir)
     n_effective = shard_length(len(train), world_size) * world_size
     steps = total_steps(n_effective, sched.global_batch_size, sched.num_epochs, sched.max_steps)
     check_paths(config)
@@ -121,6 +131,7 @@ def plan_run(config: JobConfig, world_size: int) -> RunPlan:
         train=train,
         held_out=held_out,
         chat_tokenizer=chat_tokenizer,
+        target_dir=target_dir,
         target_config=target_config,
         layer_ids=layer_ids,
         world_size=world_size,

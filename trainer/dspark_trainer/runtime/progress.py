@@ -1,6 +1,6 @@
-"""The progress document: served as JSON at /progress and sent (a subset, throttled) to the job's
-``status.progress`` through the status reporter. Keys are snake_case here; the reporter writes the
-camelCase status fields."""
+"""The progress document: served as JSON at /progress and sent (the fields of the job's
+``status.progress``, ``dspark_trainer.config.progress.Progress``; throttled) through the status reporter.
+Keys are snake_case here; the reporter writes the camelCase status fields."""
 
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# The fields of the job's status.progress (see dspark_operator.api.status.Progress).
-STATUS_FIELDS = (
-    "state", "step", "total", "epoch", "samples", "loss", "tau", "accept_rate", "throughput",
-    "tokens_per_second", "last_checkpoint", "last_checkpoint_step", "checkpoint_ack", "draft_path", "message",
-    "evaluation",
-)
+from dspark_trainer.config.progress import REPORTED_FIELDS, TrainerState
 
 
 @dataclass
-class Progress:
-    """Where the run stands."""
+class ProgressDocument:
+    """Where the run stands: the status.progress fields and more (loss terms, learning rate, memory, ...)."""
 
-    state: str = "Starting"  # Starting, Running, Checkpointed, Completed, Failed
+    state: str = TrainerState.STARTING.value
     step: int = 0
     total: int = 0
     epoch: float = 0.0
@@ -57,14 +52,14 @@ class ProgressBoard:
 
     def __init__(self, window: int = 20) -> None:
         self._lock = threading.Lock()
-        self._progress = Progress()
+        self._progress = ProgressDocument()
         self._recent: deque[tuple[float, int, int]] = deque(maxlen=window)  # (time, samples, tokens)
 
     def update(self, **fields: Any) -> None:
         with self._lock:
             for key, value in fields.items():
                 if not hasattr(self._progress, key):
-                    raise AttributeError(f"Progress has no field {key}")
+                    raise AttributeError(f"ProgressDocument has no field {key}")
                 setattr(self._progress, key, value)
             self._progress.updated_time = time.time()
 
@@ -83,9 +78,9 @@ class ProgressBoard:
         with self._lock:
             self._recent.clear()
 
-    def snapshot(self) -> Progress:
+    def snapshot(self) -> ProgressDocument:
         with self._lock:
-            return Progress(**asdict(self._progress))
+            return ProgressDocument(**asdict(self._progress))
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self.snapshot())
@@ -93,4 +88,4 @@ class ProgressBoard:
     def status_fields(self) -> dict[str, Any]:
         """The subset for the job's status.progress, without unset values."""
         doc = self.as_json()
-        return {key: doc[key] for key in STATUS_FIELDS if doc.get(key) is not None and doc.get(key) != []}
+        return {key: doc[key] for key in REPORTED_FIELDS if doc.get(key) is not None and doc.get(key) != []}

@@ -53,11 +53,10 @@ class InlineSource:
         dtype: torch.dtype,
         device: torch.device,
         need_last_hidden: bool,
-        revision: str | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
-        model: Any = AutoModelForCausalLM.from_pretrained(target_dir, revision=revision, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(target_dir, dtype=dtype)
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

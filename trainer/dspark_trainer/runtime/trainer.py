@@ -82,7 +82,7 @@ class TrainingRun:
     # ---- set-up -------------------------------------------------------------------------------
     def setup(self) -> None:
         torch.manual_seed(self.config.schedule.seed)
-        model = self.api.build_model(self.config, self.config.target.model, self.plan.layer_ids, self.ctx.device)
+        model = self.api.build_model(self.config, self.plan.target_dir, self.plan.layer_ids, self.ctx.device)
         shard_model(model, self.api.decoder_layers(model), self.ctx.device, self.ctx.world_size, self.param_dtype,
                     split_master=self.config.optimizer.master_weights == "split")
         self.model = model
@@ -360,7 +360,7 @@ class TrainingRun:
         out = Path(self.config.output_dir)
         if self.ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            self.api.export(full, self.config, self.config.target.model, self.plan.layer_ids, out)
+            self.api.export(full, self.config, self.plan.target_dir, self.plan.layer_ids, out)
             snap = self.board.snapshot()
             write_marker(out, {"step": self.step, "samples": self.samples, "loss": snap.loss, "tau": snap.tau,
                                "eval": snap.eval, "draft_path": str(out)})
