@@ -323,11 +323,13 @@ def decide(job: JobView, observed: Observed, now: dt.datetime, *, run_policy: Ru
 
     if progress is not None and progress.state == TrainerState.COMPLETED.value:
         st.draft_path = progress.draft_path or draft_output_path(spec)
+        st.draft_uri = progress.draft_uri
         st.completion_time = st.completion_time or fmt_time(now)
         st.checkpoint_request = None
         b.condition(ConditionType.SUCCEEDED, True, "TrainingCompleted", f"draft written to {st.draft_path}")
         _mark_stopped(b, "TrainingCompleted")
-        b.phase(Phase.SUCCEEDED, f"draft at {st.draft_path}")
+        published = f", published to {st.draft_uri}" if st.draft_uri else ""
+        b.phase(Phase.SUCCEEDED, f"draft at {st.draft_path}{published}")
         _ttl(b, policy)
         return b.finish(Workloads.DOWN)
 

@@ -132,6 +132,9 @@ class DSparkTrainingJobStatus(StatusModel):
     restarts: int = Field(0, ge=0, description="Gang restarts of the trainer so far (compared with backoffLimit).")
     progress: Progress | None = Field(None, description="Training progress reported by the trainer.")
     draft_path: str | None = Field(None, max_length=4096, description="Where the trained draft is (when Succeeded).")
+    draft_uri: str | None = Field(
+        None, max_length=1024, description="Where the draft was published (spec.trainer.export.destination)."
+    )
     checkpoint_request: CheckpointRequest | None = Field(
         None, description="Pending request for the trainer to checkpoint (suspend handshake)."
     )

@@ -88,6 +88,9 @@ class Progress(StatusModel):
         None, max_length=128, description="Id of the operator's checkpoint request this checkpoint answers."
     )
     draft_path: str | None = Field(None, max_length=4096, description="Where the exported draft was written.")
+    draft_uri: str | None = Field(
+        None, max_length=1024, description="Where the draft was published (trainer.export.destination), when it was."
+    )
     message: str | None = Field(None, max_length=4096, description="Free-form note from the trainer.")
     evaluation: EvaluationResult | None = Field(
         None, description="Real speculative decoding of the export (spec.evaluation), once training is done."

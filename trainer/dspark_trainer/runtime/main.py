@@ -74,7 +74,7 @@ def publish(config: JobConfig, board: ProgressBoard) -> None:
 
     board.update(message=f"publishing the draft to {config.export.destination}")
     uri = publish_export(config, str(board.snapshot().draft_path or config.output_dir))
-    board.update(message=f"draft published to {uri}")
+    board.update(draft_uri=uri, message=f"draft published to {uri}")
 
 
 def run(config: JobConfig, exit_on_complete: bool | None = None) -> int:

@@ -39,6 +39,7 @@ class ProgressDocument:
     last_checkpoint_step: int | None = None
     checkpoint_ack: str | None = None
     draft_path: str | None = None
+    draft_uri: str | None = None
     message: str | None = None
     eval: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] | None = None  # speculative decoding of the export (the job's `evaluation:`)
