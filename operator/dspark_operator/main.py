@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     elector: LeaderElector | None = None
-    stop_flag = threading.Event()
+    stop_renewing = threading.Event()
     lost = threading.Event()
     if settings.leader_election:
         elector = LeaderElector(
@@ -136,9 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def on_lost() -> None:
             lost.set()
-            stop_flag.set()
+            # Kopf's own graceful stop. (A threading.Event as Kopf's stop_flag would leave a thread waiting on it
+            # after a SIGTERM, and the event loop's shutdown would wait for that thread forever.)
+            os.kill(os.getpid(), signal.SIGTERM)
 
-        elector.keep_renewing(on_lost, stop=stop_flag)
+        elector.keep_renewing(on_lost, stop=stop_renewing)
 
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
     kopf.run(
@@ -148,12 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         peering_name=settings.peering,
         liveness_endpoint=liveness,
         memo=kopf.Memo(settings=settings, metrics=metrics, metrics_served=True),
-        stop_flag=stop_flag,
     )
+    stop_renewing.set()
     if lost.is_set():
         logging.getLogger(__name__).error("leader election: lost the lease; exiting so a standby takes over")
         return 1
-    stop_flag.set()  # stops the renewal thread
     if elector is not None:
         elector.release()
     return 0
