@@ -33,12 +33,10 @@ from dspark_operator.builders.common import (
     hf_token_env,
     job_env,
     metadata,
-    pod_scheduling,
-    pod_security_context,
+    pod_template,
     security_context,
     selector_labels,
     with_hash,
-    workload_labels,
 )
 from dspark_operator.constants import COMPONENT_INFERENCE, MODELS_MOUNT
 
@@ -158,17 +156,9 @@ def build_inference_deployment(ctx: BuildContext, *, replicas: int | None = None
             "spec": {
                 "replicas": inf.replicas if replicas is None else replicas,
                 "selector": {"matchLabels": selector_labels(ctx, COMPONENT_INFERENCE)},
-                "template": {
-                    "metadata": {"labels": workload_labels(ctx, COMPONENT_INFERENCE)},
-                    "spec": {
-                        "containers": [container],
-                        "volumes": volumes,
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        **pod_scheduling(ctx),
-                    },
-                },
+                "template": pod_template(
+                    ctx, COMPONENT_INFERENCE, containers=[container], volumes=volumes, override=inf.pod_template
+                ),
             },
         }
     )

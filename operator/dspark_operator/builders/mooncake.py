@@ -12,12 +12,10 @@ from dspark_operator.builders.common import (
     Manifest,
     config_volume,
     metadata,
-    pod_scheduling,
-    pod_security_context,
+    pod_template,
     security_context,
     selector_labels,
     with_hash,
-    workload_labels,
 )
 from dspark_operator.constants import (
     COMPONENT_MOONCAKE,
@@ -55,7 +53,6 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
     }
     if resources:
         container["resources"] = resources
-    pod_labels = workload_labels(ctx, COMPONENT_MOONCAKE)
     return with_hash(
         {
             "apiVersion": "apps/v1",
@@ -65,17 +62,13 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
                 "replicas": replicas,
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": selector_labels(ctx, COMPONENT_MOONCAKE)},
-                "template": {
-                    "metadata": {"labels": pod_labels},
-                    "spec": {
-                        "containers": [container],
-                        "volumes": [config_vol],
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        **pod_scheduling(ctx),
-                    },
-                },
+                "template": pod_template(
+                    ctx,
+                    COMPONENT_MOONCAKE,
+                    containers=[container],
+                    volumes=[config_vol],
+                    override=ctx.spec.transport.master_pod_template,
+                ),
             },
         }
     )

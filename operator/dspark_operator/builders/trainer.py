@@ -21,12 +21,10 @@ from dspark_operator.builders.common import (
     hf_token_env,
     job_env,
     metadata,
-    pod_scheduling,
-    pod_security_context,
+    pod_template,
     security_context,
     selector_labels,
     with_hash,
-    workload_labels,
 )
 from dspark_operator.constants import (
     COMPONENT_TRAINER,
@@ -164,20 +162,16 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
                 "podManagementPolicy": "Parallel",
                 "updateStrategy": {"type": "OnDelete"},
                 "selector": {"matchLabels": selector_labels(ctx, COMPONENT_TRAINER)},
-                "template": {
-                    "metadata": {"labels": workload_labels(ctx, COMPONENT_TRAINER)},
-                    "spec": {
-                        "serviceAccountName": ctx.names.service_account,
-                        "automountServiceAccountToken": True,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        "restartPolicy": "Always",
-                        "terminationGracePeriodSeconds": tr.termination_grace_period_seconds,
-                        "containers": [container],
-                        "volumes": volumes,
-                        **pod_scheduling(ctx),
-                    },
-                },
+                "template": pod_template(
+                    ctx,
+                    COMPONENT_TRAINER,
+                    containers=[container],
+                    volumes=volumes,
+                    override=tr.pod_template,
+                    service_account=ctx.names.service_account,
+                    restartPolicy="Always",
+                    terminationGracePeriodSeconds=tr.termination_grace_period_seconds,
+                ),
             },
         }
     )
