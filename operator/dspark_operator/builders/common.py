@@ -29,6 +29,7 @@ from dspark_operator.constants import (
     LABEL_PART_OF,
     LABEL_VERSION,
     MANAGED_BY,
+    MODELS_MOUNT,
 )
 
 Manifest = dict[str, Any]
@@ -290,6 +291,19 @@ def config_volume(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
         {"name": "config", "configMap": {"name": ctx.names.config}},
         {"name": "config", "mountPath": JOB_CONFIG_DIR, "readOnly": True},
     )
+
+
+def models_volume(ctx: BuildContext) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """[(volume, volumeMount)] of target.modelClaimName read-only at /models, or [] without one."""
+    claim = ctx.spec.target.model_claim_name
+    if not claim:
+        return []
+    return [
+        (
+            {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+            {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+        )
+    ]
 
 
 def hf_token_env(ctx: BuildContext) -> list[dict[str, Any]]:

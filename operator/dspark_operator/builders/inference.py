@@ -33,12 +33,13 @@ from dspark_operator.builders.common import (
     hf_token_env,
     job_env,
     metadata,
+    models_volume,
     pod_template,
     security_context,
     selector_labels,
     with_hash,
 )
-from dspark_operator.constants import COMPONENT_INFERENCE, MODELS_MOUNT
+from dspark_operator.constants import COMPONENT_INFERENCE
 
 CAPTURE_COMMAND = ["dspark", "capture-server"]
 
@@ -128,14 +129,9 @@ def build_inference_deployment(ctx: BuildContext, *, replicas: int | None = None
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": inf.shm_size}},
         config_vol,
     ]
-    if ctx.spec.target.model_claim_name:
-        volume_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-        volumes.append(
-            {
-                "name": "models",
-                "persistentVolumeClaim": {"claimName": ctx.spec.target.model_claim_name, "readOnly": True},
-            }
-        )
+    for volume, mount in models_volume(ctx):
+        volumes.append(volume)
+        volume_mounts.append(mount)
     container: dict[str, Any] = {
         "name": "capture",
         "image": inference_image(ctx),

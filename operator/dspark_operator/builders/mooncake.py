@@ -11,6 +11,7 @@ from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
     config_volume,
+    container_resources,
     metadata,
     pod_template,
     security_context,
@@ -29,12 +30,7 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
     """The Mooncake master Deployment (replicas 1, or 0 when the job is scaled down)."""
     image = ctx.spec.transport.master_image or ctx.trainer_image
     config_vol, config_mount = config_volume(ctx)
-    res = ctx.spec.transport.master_resources
-    resources: dict[str, Any] = {}
-    if res.requests:
-        resources["requests"] = dict(res.requests)
-    if res.limits:
-        resources["limits"] = dict(res.limits)
+    resources = container_resources(ctx, ctx.spec.transport.master_resources, gpus=0, rdma=False)
     container: dict[str, Any] = {
         "name": "mooncake-master",
         "image": image,

@@ -21,6 +21,7 @@ from dspark_operator.builders.common import (
     hf_token_env,
     job_env,
     metadata,
+    models_volume,
     pod_template,
     security_context,
     selector_labels,
@@ -30,7 +31,6 @@ from dspark_operator.constants import (
     COMPONENT_TRAINER,
     DATA_MOUNT,
     LABEL_POD_INDEX,
-    MODELS_MOUNT,
     TRAINER_RDZV_PORT,
 )
 
@@ -130,14 +130,9 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
         volumes.append(
             {"name": "data", "persistentVolumeClaim": {"claimName": ctx.spec.dataset.claim_name, "readOnly": True}}
         )
-    if ctx.spec.target.model_claim_name:
-        volume_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-        volumes.append(
-            {
-                "name": "models",
-                "persistentVolumeClaim": {"claimName": ctx.spec.target.model_claim_name, "readOnly": True},
-            }
-        )
+    for volume, mount in models_volume(ctx):
+        volumes.append(volume)
+        volume_mounts.append(mount)
     ports = [{"name": "rdzv", "containerPort": TRAINER_RDZV_PORT, "protocol": "TCP"}]
     if ctx.spec.metrics.enabled:
         ports.append({"name": "metrics", "containerPort": ctx.spec.metrics.port, "protocol": "TCP"})
