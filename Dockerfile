@@ -18,6 +18,9 @@
 # transformers) than the trainer's pins, so each gets the torch base image its pins need.
 #
 # Versions below must agree with pyproject.toml (tests/deploy/test_deploy_dockerfile.py checks it).
+# Every Python package an image installs is pinned exactly by its lock, locks/<image>.txt (generated
+# by scripts/lock_images.py from pip's resolution; passed to pip as --constraint; checked against
+# pyproject.toml and the ARGs below by the same test).
 # Base images are pinned by tag and digest (multi-arch index digests).
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
@@ -47,9 +50,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The extra's dependencies (kopf, kubernetes) are pinned with == in pyproject.toml.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --find-links /wheels "dspark-k8s[operator]==${DSPARK_VERSION}" \
+    --mount=type=bind,source=locks,target=/locks \
+    pip install --find-links /wheels --constraint /locks/operator.txt "dspark-k8s[operator]==${DSPARK_VERSION}" \
     && dspark-operator --version
 # The chart runs it with a read-only root filesystem (a writable /tmp is mounted).
 USER 65532:65532
@@ -77,7 +80,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 # torch==${TORCH_VERSION} is satisfied by the base image's build (2.11.0+cu128), so pip keeps it.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --find-links /wheels \
+    --mount=type=bind,source=locks,target=/locks \
+    pip install --find-links /wheels --constraint /locks/trainer.txt \
        "dspark-k8s[trainer,mooncake-cuda]==${DSPARK_VERSION}" \
        "torch==${TORCH_VERSION}" \
        "mooncake-transfer-engine==${MOONCAKE_VERSION}" \
@@ -112,7 +116,8 @@ RUN apt-get update \
        libibverbs1 librdmacm1 libnuma1 ibverbs-providers \
     && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --find-links /wheels \
+    --mount=type=bind,source=locks,target=/locks \
+    pip install --find-links /wheels --constraint /locks/serving.txt \
        "dspark-k8s[serving,mooncake-cuda]==${DSPARK_VERSION}" \
        "sglang==${SGLANG_VERSION}" \
        "torch==${SGLANG_TORCH_VERSION}" \

@@ -197,6 +197,14 @@ RULES: dict[Path_, list[dict[str, str]]] = {
     ],
     ("spec",): [
         {
+            "rule": "has(self.trainer.output.claimName) != self.trainer.output.ephemeral",
+            "message": (
+                "trainer.output needs exactly one of claimName (a PersistentVolumeClaim for checkpoints and the "
+                "draft) and ephemeral: true (an emptyDir, lost with the trainer pods)"
+            ),
+            "fieldPath": ".trainer.output.claimName",
+        },
+        {
             "rule": "!has(self.dataset.regenerate) || has(self.trainer.output.claimName)",
             "message": (
                 "dataset.regenerate needs trainer.output.claimName: the regeneration Job writes the dataset to the "
@@ -396,6 +404,12 @@ EXTRA: dict[Path_, Schema] = {
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        "description": "The Ready condition: every child ready and the trainer running.",
+    },
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "Optimizer steps done."},
     {
         "name": "Total",

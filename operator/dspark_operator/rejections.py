@@ -33,6 +33,23 @@ _SECTION = {
         "spec.dataset.regenerate.image",
     ),
 }
+# Per component: the partial pod template behind what the operator merges from it.
+_OVERRIDE = {
+    COMPONENT_TRAINER: "spec.trainer.podTemplate",
+    COMPONENT_INFERENCE: "spec.inference.podTemplate",
+    COMPONENT_MOONCAKE: "spec.transport.masterPodTemplate",
+    COMPONENT_REGENERATE: "spec.trainer.podTemplate",
+}
+_OVERRIDE_FIELDS = (
+    "affinity",
+    "imagePullSecrets",
+    "serviceAccountName",
+    "envFrom",
+    "supplementalGroups",
+    "seLinuxOptions",
+    "fsGroupChangePolicy",
+)
+_OPERATOR_VOLUMES = frozenset({"config", "dshm", "output", "data", "models"})
 _POD_FIELDS = (
     ("nodeSelector", "spec.scheduling.nodeSelector"),
     ("tolerations", "spec.scheduling.tolerations"),
@@ -50,6 +67,9 @@ def spec_field_for(manifest: Mapping[str, Any], child_field: str, message: str =
         return "spec.dataset.chatTemplate" if "Too long" in message or "too long" in message else "spec"
     if "labels" in child_field and (LABEL_KUEUE_QUEUE in message or LABEL_KUEUE_QUEUE in child_field):
         return "spec.scheduling.queueName"
+    override = _override_field(manifest, component, child_field)
+    if override:
+        return override
     for name, field in _POD_FIELDS:
         if f".{name}" in child_field or child_field.startswith(name):
             if regen and name in ("nodeSelector", "tolerations"):
@@ -71,6 +91,38 @@ def spec_field_for(manifest: Mapping[str, Any], child_field: str, message: str =
     if "sizeLimit" in child_field:
         return "spec.inference.shmSize" if component == COMPONENT_INFERENCE else "spec.dataset.regenerate.shmSize"
     return "spec"
+
+
+def _override_field(manifest: Mapping[str, Any], component: str, child_field: str) -> str | None:
+    """The role's podTemplate field behind `child_field`, when the operator took it from there."""
+    base = _OVERRIDE.get(component)
+    if base is None:
+        return None
+    for name in _OVERRIDE_FIELDS:
+        if f".{name}" in f".{child_field}":
+            return f"{base}.spec.{name}" if name in ("affinity", "imagePullSecrets", "serviceAccountName") else base
+    if re.search(r"template\.metadata\.(annotations|labels)", child_field):
+        return f"{base}.metadata"
+    pod = ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
+    volume = re.search(r"spec\.volumes\[(\d+)\]", child_field)
+    if volume and _name_at(pod.get("volumes"), int(volume.group(1))) not in (None, *_OPERATOR_VOLUMES):
+        return f"{base}.spec.volumes"
+    mount = re.search(r"containers\[(\d+)\]\.volumeMounts\[(\d+)\]", child_field)
+    if mount:
+        containers = pod.get("containers") or []
+        index = int(mount.group(1))
+        mounts = containers[index].get("volumeMounts") if index < len(containers) else None
+        if _name_at(mounts, int(mount.group(2))) not in (None, *_OPERATOR_VOLUMES):
+            return f"{base}.spec.containers"
+    return None
+
+
+def _name_at(items: Any, index: int) -> str | None:
+    """The name of `items[index]` (a list of named objects), or None."""
+    if isinstance(items, list) and index < len(items) and isinstance(items[index], Mapping):
+        name = items[index].get("name")
+        return str(name) if name is not None else None
+    return None
 
 
 def invalid_from_rejection(manifest: Mapping[str, Any], body: Mapping[str, Any], message: str) -> InvalidSpec:

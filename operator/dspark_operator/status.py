@@ -261,6 +261,8 @@ class _Builder:
         quiet_start = old is None and (
             (value is not True and ctype not in _WARN_WHEN_FALSE) or (value is True and ctype in _QUIET_WHEN_TRUE)
         )
+        if ctype in _NO_EVENTS:
+            return
         if not quiet_start and (changed_status or (old is not None and old.reason != reason)):
             warning = (value is True and ctype in _WARN_WHEN_TRUE) or (value is False and ctype in _WARN_WHEN_FALSE)
             text = f"{ctype.value}={status.value}: {message}" if message else f"{ctype.value}={status.value}"
@@ -278,17 +280,47 @@ class _Builder:
 
     def finish(self, workloads: Workloads, **kwargs: Any) -> Decision:
         self.status.observed_generation = self.job.generation
+        ready, reason, message = readiness(self.status)
+        self.condition(ConditionType.READY, ready, reason, message)
         requeue = min(self.requeue) if self.requeue else None
         kwargs.setdefault("delete_pods", list(self.delete_pods))
         return Decision(status=self.status, workloads=workloads, events=self.events, requeue_after=requeue, **kwargs)
 
 
 _CONDITION_ORDER = {c.value: i for i, c in enumerate(ConditionType)}
+# Conditions that must be True for Ready, with the Ready reason while one is not.
+_READY_NEEDS = (
+    (ConditionType.TRANSPORT_READY, "TransportNotReady"),
+    (ConditionType.INFERENCE_READY, "InferenceNotReady"),
+    (ConditionType.TRAINER_READY, "TrainerNotReady"),
+    (ConditionType.RUNNING, "NotRunning"),
+)
+# Conditions that make a job not Ready while True / False, with the Ready reason.
+_READY_BLOCKERS = ((ConditionType.RESTARTING, True, "Restarting"), (ConditionType.SPEC_REJECTED, True, "SpecRejected"),
+                   (ConditionType.SCHEDULABLE, False, "Unschedulable"))
+
+
+def readiness(status: DSparkTrainingJobStatus) -> tuple[bool, str, str]:
+    """The Ready condition from the others (pure): True when the job is Running with transport, inference and
+    the trainer gang up and nothing restarting, unschedulable or rejected; otherwise the first reason why not."""
+    phase = status.phase or Phase.PENDING.value
+    if phase in TERMINAL_PHASES or phase in (Phase.SUSPENDED.value, Phase.REGENERATING.value):
+        return False, phase, f"the job is {phase}"
+    for ctype, bad, reason in _READY_BLOCKERS:
+        cond = status.condition(ctype.value)
+        if cond is not None and cond.status == (ConditionStatus.TRUE if bad else ConditionStatus.FALSE).value:
+            return False, reason, f"{ctype.value}={cond.status}: {cond.message}"
+    for ctype, reason in _READY_NEEDS:
+        cond = status.condition(ctype.value)
+        if cond is None or cond.status != ConditionStatus.TRUE.value:
+            return False, reason, f"{ctype.value} is not True" + (f": {cond.message}" if cond and cond.message else "")
+    return True, "AllReady", "transport, inference and the trainer gang are ready; training runs"
 _WARN_WHEN_TRUE = frozenset({ConditionType.FAILED, ConditionType.RESTARTING, ConditionType.SPEC_REJECTED})
 _WARN_WHEN_FALSE = frozenset({ConditionType.SCHEDULABLE, ConditionType.OUTPUT_PERSISTENT})
 _QUIET_WHEN_TRUE = frozenset(
     {ConditionType.SCHEDULABLE, ConditionType.OUTPUT_PERSISTENT, ConditionType.TARGET_LAYERS_CHECKED}
 )
+_NO_EVENTS = frozenset({ConditionType.READY})  # a summary of the others, whose changes are the events
 
 
 def run_policy_of(job: JobView) -> RunPolicySpec:
@@ -430,8 +462,9 @@ def _output_persistence(b: _Builder) -> None:
             ConditionType.OUTPUT_PERSISTENT,
             False,
             "EmptyDir",
-            "spec.trainer.output.claimName is not set: checkpoints and the draft go to an emptyDir and are lost with "
-            "the trainer pods (a gang restart starts from scratch); set it to a PersistentVolumeClaim",
+            "spec.trainer.output.ephemeral is true: checkpoints and the draft go to an emptyDir and are lost with "
+            "the trainer pods (a gang restart starts from scratch); set spec.trainer.output.claimName to a "
+            "PersistentVolumeClaim instead",
         )
 
 

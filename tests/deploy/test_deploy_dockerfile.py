@@ -15,6 +15,7 @@ import pytest
 from deploy_helpers import DOCKERFILE, REPO, missing, pinned, pyproject, run, sglang_metadata, tool
 
 TEXT = DOCKERFILE.read_text()
+LOCKS = REPO / "locks"
 DIGEST = re.compile(r"^(?P<repo>[^:@\s]+):(?P<tag>[^@\s]+)@sha256:[0-9a-f]{64}$")
 
 
@@ -113,7 +114,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
 
 @pytest.mark.slow
 def test_operator_target_installs_without_torch(tmp_path: Path) -> None:
-    """Replays the operator stage: wheel without deps, then `pip install dspark-k8s[operator]` in a
+    """Replays the operator stage: wheel without deps, then `pip install dspark-k8s[operator]` with its lock in a
     fresh venv; the operator starts (--version) and imports its handlers, and torch is absent."""
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
@@ -123,7 +124,8 @@ def test_operator_target_installs_without_torch(tmp_path: Path) -> None:
     py = venv / "bin" / "python"
     version = pyproject()["project"]["version"]
     proc = run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--find-links",
-                str(wheels), f"dspark-k8s[operator]=={version}"], check=False, timeout=900)
+                str(wheels), "--constraint", str(LOCKS / "operator.txt"), f"dspark-k8s[operator]=={version}"],
+               check=False, timeout=900)
     if proc.returncode != 0 and "Could not find a version" in proc.stderr:
         missing(f"package index unreachable: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stderr
@@ -164,3 +166,68 @@ def test_wheel_and_images_ship_no_test_code(tmp_path: Path) -> None:
         for source in package.rglob("*.py"):
             text = source.read_text()
             assert not re.search(r"(?m)^\s*(from|import) (harness|pytest)\b", text), source
+
+
+# ------------------------------------------------------------------------------------ image locks
+
+# Per image: the pyproject sections (None: the base dependencies) its `pip install` takes.
+IMAGE_SECTIONS: dict[str, tuple[str | None, ...]] = {
+    "operator": (None, "operator"),
+    "trainer": (None, "trainer", "mooncake-cuda"),
+    "serving": (None, "serving", "mooncake-cuda"),
+}
+
+
+def lock(image: str) -> dict[str, str]:
+    """canonical name -> version of locks/<image>.txt (every line a `name==version` pin, each name once)."""
+    from packaging.utils import canonicalize_name
+
+    out: dict[str, str] = {}
+    for line in (LOCKS / f"{image}.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!-]*)", line)
+        assert m, f"locks/{image}.txt: {line!r} is not name==version"
+        name = canonicalize_name(m.group(1))
+        assert name not in out, f"locks/{image}.txt: {name} twice"
+        out[name] = m.group(2)
+    return out
+
+
+@pytest.mark.parametrize("image", sorted(IMAGE_SECTIONS))
+def test_lock_agrees_with_pyproject(image: str) -> None:
+    """Every requirement of the image's pyproject sections is locked, at the pinned version or one its
+    specifier allows; the project itself is not in the lock (it is the wheel)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = lock(image)
+    project = pyproject()["project"]
+    assert canonicalize_name(project["name"]) not in locked
+    for section in IMAGE_SECTIONS[image]:
+        deps = project["dependencies"] if section is None else project["optional-dependencies"][section]
+        for dep in deps:
+            req = Requirement(dep)
+            name = canonicalize_name(req.name)
+            assert name in locked, f"locks/{image}.txt lacks {name} ({section or 'dependencies'}: {dep})"
+            assert req.specifier.contains(locked[name], prereleases=True), (
+                f"locks/{image}.txt has {name}=={locked[name]}, pyproject.toml wants {dep}: run "
+                "scripts/lock_images.py"
+            )
+
+
+def test_dockerfile_installs_with_the_locks() -> None:
+    s = stages()
+    for image in IMAGE_SECTIONS:
+        assert "--mount=type=bind,source=locks,target=/locks" in s[image], image
+        assert f"--constraint /locks/{image}.txt" in s[image], image
+    assert lock("trainer")["torch"] == arg_defaults(s["trainer"])["TORCH_VERSION"]
+    serving = arg_defaults(s["serving"])
+    assert lock("serving")["torch"] == serving["SGLANG_TORCH_VERSION"]
+    assert lock("serving")["sglang"] == serving["SGLANG_VERSION"]
+    for image in ("trainer", "serving"):
+        assert lock(image)["mooncake-transfer-engine"] == arg_defaults(s[image])["MOONCAKE_VERSION"]
+    assert "torch" not in lock("operator")
+    kept = {ln.strip()[1:].rstrip("/") for ln in (REPO / ".dockerignore").read_text().splitlines()
+            if ln.strip().startswith("!")}
+    assert "locks" in kept, ".dockerignore must keep locks/ in the build context"

@@ -38,7 +38,8 @@ def operator_command() -> list[str]:
 def small_job_manifest(
     name: str, *, nodes: int = 1, gpus_per_node: int = 0, global_batch_size: int | None = None
 ) -> dict[str, Any]:
-    """A DSparkTrainingJob that fits many times on kwok nodes: tiny requests, no inference GPUs, TCP transport.
+    """A DSparkTrainingJob that fits many times on kwok nodes: tiny requests, no inference GPUs, TCP transport,
+    an ephemeral output (emptyDir).
 
     The global batch defaults to 8 per trainer GPU (8 per node without GPUs).
     """
@@ -59,6 +60,7 @@ def small_job_manifest(
                 "gpusPerNode": gpus_per_node,
                 "resources": small(),
                 "schedule": {"globalBatchSize": global_batch_size or 8 * nodes * max(gpus_per_node, 1)},
+                "output": {"ephemeral": True},
             },
             "transport": {"protocol": "tcp", "masterResources": small()},
         },

@@ -23,9 +23,12 @@ def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def small_job(name: str, *, nodes: int = 1, gpus: int = 1, **spec: Any) -> dict[str, Any]:
     """A job that fits many times on the kwok nodes (tcp transport, few GPUs, tiny requests); `spec` entries are
-    merged into the spec's sections."""
+    merged into the spec's sections (an output claimName replaces the ephemeral output)."""
     body = small_job_manifest(name, nodes=nodes, gpus_per_node=gpus)
     body["spec"] = merged(body["spec"], spec)
+    output = body["spec"]["trainer"]["output"]
+    if "claimName" in output:
+        output.pop("ephemeral", None)
     return body
 
 

@@ -18,6 +18,15 @@ UID = "11111111-2222-3333-4444-555555555555"
 MINIMAL_SPEC: dict[str, Any] = {"target": {"model": "Qwen/Qwen3-8B"}, "dataset": {"path": "/data/train.jsonl"}}
 
 
+def with_ephemeral_output(spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` with trainer.output.ephemeral: true unless it names an output claim or says ephemeral itself
+    (the tests' tiny jobs write to an emptyDir)."""
+    output = (spec.get("trainer") or {}).get("output") or {}
+    if "claimName" in output or "ephemeral" in output:
+        return spec
+    return deep_merge(spec, {"trainer": {"output": {"ephemeral": True}}})
+
+
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in extra.items():
@@ -47,7 +56,7 @@ def job_body(
             "resourceVersion": "100",
             "creationTimestamp": "2026-01-01T11:00:00Z",
         },
-        "spec": deep_merge(MINIMAL_SPEC, spec or {}),
+        "spec": with_ephemeral_output(deep_merge(MINIMAL_SPEC, spec or {})),
         "status": dict(status or {}),
     }
 

@@ -116,6 +116,8 @@ REJECTED_AT_ADMISSION = [
      "spec.trainer.schedule.microBatchSize", "greater than or equal to 1"),
     ("unknown dtype", {"target": {"dtype": "int8"}}, "spec.target.dtype", "Unsupported value"),
     ("replicas of the wrong type", {"inference": {"replicas": "many"}}, "spec.inference.replicas", "integer"),
+    ("output neither on a claim nor ephemeral", {"trainer": {"output": {"ephemeral": False}}},
+     "spec.trainer.output.claimName", "exactly one of claimName"),
 ]
 
 

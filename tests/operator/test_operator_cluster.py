@@ -87,7 +87,8 @@ def test_examples_create_every_child_and_pods_run_on_gpu_nodes(dsj_env: Operator
     for name in jobs:
         job = env.wait_phase(ns, name, "Running", timeout=120)
         conds = {c["type"]: c["status"] for c in job["status"]["conditions"]}
-        assert {conds[t] for t in ("Created", "InferenceReady", "TransportReady", "TrainerReady", "Running")} == {
+        ready_types = ("Created", "InferenceReady", "TransportReady", "TrainerReady", "Running", "Ready")
+        assert {conds[t] for t in ready_types} == {
             "True"
         }
         assert job["status"]["observedGeneration"] == job["metadata"]["generation"]

@@ -9,13 +9,16 @@ agree on them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 from dspark_trainer.capture.sglang_args import owned_flag
 from dspark_trainer.config import ConfigError, InferenceEngine, TransportProtocol
 from dspark_trainer.config.draft import sglang_layer_problem
 from dspark_trainer.target_resolution import describe_target, known_target_layers, resolve_layer_ids
 
+from dspark_operator.api.paths import ABSOLUTE_DIR, OPERATOR_MOUNTS, SYSTEM_DIRS, overlaps
+from dspark_operator.api.podtemplate import DNS1123_LABEL, PodTemplateOverride
 from dspark_operator.api.problems import InvalidSpec
 from dspark_operator.api.spec import DSparkTrainingJobSpec, EnvVar, ResourceRequirements
 from dspark_operator.constants import (
@@ -179,6 +182,23 @@ def check_target_layers(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
     return None
 
 
+def check_output_volume(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
+    """Outputs go to a PersistentVolumeClaim unless the spec says, with output.ephemeral, that losing them is fine."""
+    out = spec.trainer.output
+    if out.claim_name and out.ephemeral:
+        return InvalidSpec(
+            "spec.trainer.output.ephemeral",
+            f"true contradicts claimName {out.claim_name!r} (the output is on that volume): drop one of them",
+        )
+    if not out.claim_name and not out.ephemeral:
+        return InvalidSpec(
+            "spec.trainer.output.claimName",
+            "is required: without a PersistentVolumeClaim the checkpoints and the draft go to an emptyDir and are "
+            "lost with the trainer pods. Set it to a claim, or set trainer.output.ephemeral: true to accept that",
+        )
+    return None
+
+
 def check_output_dirs(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
     """The regenerated dataset lies apart from the draft and the checkpoints."""
     regen = spec.dataset.regenerate
@@ -226,6 +246,138 @@ def check_config_size(spec: DSparkTrainingJobSpec, rendered_bytes: int) -> Inval
     )
 
 
+# Volume names the operator gives its own volumes (in one role or another).
+OPERATOR_VOLUMES = frozenset({"config", "dshm", "output", "data", "models"})
+# Label prefixes the operator sets or selects on, and the controllers' own pod labels.
+RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "dspark.io/", "kueue.x-k8s.io/", "apps.kubernetes.io/")
+RESERVED_LABELS = frozenset({"controller-revision-hash", "pod-template-hash", "statefulset.kubernetes.io/pod-name"})
+RESERVED_ANNOTATION_PREFIXES = ("dspark.io/",)
+AFFINITY_KINDS = frozenset({"nodeAffinity", "podAffinity", "podAntiAffinity"})
+_VOLUME_NAME = re.compile(DNS1123_LABEL)
+_ABSOLUTE = re.compile(ABSOLUTE_DIR)
+
+
+def role_pod_templates(spec: DSparkTrainingJobSpec) -> list[tuple[str, str, PodTemplateOverride | None]]:
+    """(spec field, container name, override) of every role's partial pod template."""
+    return [
+        ("spec.inference.podTemplate", "capture", spec.inference.pod_template),
+        ("spec.trainer.podTemplate", "trainer", spec.trainer.pod_template),
+        ("spec.transport.masterPodTemplate", "mooncake-master", spec.transport.master_pod_template),
+    ]
+
+
+def _metadata_problem(field: str, tmpl: PodTemplateOverride) -> InvalidSpec | None:
+    for key in tmpl.metadata.labels:
+        if key.startswith(RESERVED_LABEL_PREFIXES) or key in RESERVED_LABELS:
+            return InvalidSpec(
+                f"{field}.metadata.labels[{key}]",
+                "is a label the operator or a controller sets or selects on (app.kubernetes.io/*, dspark.io/*, "
+                "kueue.x-k8s.io/*, apps.kubernetes.io/*); use your own key (Kueue's queue: spec.scheduling.queueName)",
+            )
+    for key in tmpl.metadata.annotations:
+        if key.startswith(RESERVED_ANNOTATION_PREFIXES):
+            return InvalidSpec(f"{field}.metadata.annotations[{key}]", "dspark.io/* annotations are the operator's")
+    return None
+
+
+def _volumes_problem(field: str, volumes: Sequence[Mapping[str, object]]) -> InvalidSpec | None:
+    seen: set[str] = set()
+    for i, vol in enumerate(volumes):
+        name = vol.get("name")
+        where = f"{field}.spec.volumes[{i}].name"
+        if not isinstance(name, str) or not _VOLUME_NAME.match(name) or len(name) > 63:
+            return InvalidSpec(where, f"{name!r}: every volume needs a name of a-z, 0-9 and '-' (at most 63)")
+        if name in OPERATOR_VOLUMES:
+            return InvalidSpec(
+                where, f"{name!r} is a volume the operator creates ({', '.join(sorted(OPERATOR_VOLUMES))}); rename it"
+            )
+        if name in seen:
+            return InvalidSpec(where, f"{name!r} is given twice")
+        seen.add(name)
+    return None
+
+
+def _mount_path_problem(path: str, owned: Mapping[str, str]) -> str | None:
+    if not _ABSOLUTE.match(path):
+        return f"{path!r} must be an absolute path of plain segments, e.g. /etc/extra"
+    for other, what in owned.items():
+        if overlaps(path, other):
+            return f"{path!r} clashes with {other}, where the operator mounts {what}; mount it elsewhere"
+    for system in SYSTEM_DIRS:
+        if overlaps(path, system):
+            return f"{path!r} would hide the image's {system}; mount it elsewhere"
+    return None
+
+
+def _containers_problem(
+    field: str, container: str, tmpl: PodTemplateOverride, owned: Mapping[str, str]
+) -> InvalidSpec | None:
+    names = {v.get("name") for v in tmpl.spec.volumes}
+    for i, part in enumerate(tmpl.spec.containers):
+        here = f"{field}.spec.containers[{i}]"
+        if part.name != container:
+            return InvalidSpec(
+                f"{here}.name",
+                f"{part.name!r} is not the role's container: its one container is {container!r} (no sidecars)",
+            )
+        for j, env_from in enumerate(part.env_from):
+            if env_from.prefix and env_from.prefix.startswith(RESERVED_ENV_PREFIXES):
+                return InvalidSpec(
+                    f"{here}.envFrom[{j}].prefix", f"{env_from.prefix!r}: DSPARK_* and MOONCAKE_* are the operator's"
+                )
+        paths: set[str] = set()
+        for j, mount in enumerate(part.volume_mounts):
+            if mount.name not in names:
+                return InvalidSpec(
+                    f"{here}.volumeMounts[{j}].name",
+                    f"{mount.name!r} is not one of {field}.spec.volumes (the operator's own volumes are mounted by it)",
+                )
+            problem = _mount_path_problem(mount.mount_path, owned)
+            if problem is None and mount.mount_path in paths:
+                problem = f"{mount.mount_path!r} is mounted twice"
+            if problem:
+                return InvalidSpec(f"{here}.volumeMounts[{j}].mountPath", problem)
+            paths.add(mount.mount_path)
+    return None
+
+
+def _affinity_problem(field: str, tmpl: PodTemplateOverride) -> InvalidSpec | None:
+    affinity = tmpl.spec.affinity or {}
+    for key, value in affinity.items():
+        if key not in AFFINITY_KINDS or not isinstance(value, Mapping):
+            return InvalidSpec(
+                f"{field}.spec.affinity.{key}",
+                f"affinity has nodeAffinity, podAffinity and podAntiAffinity (objects as in a Pod), not {key!r}",
+            )
+    return None
+
+
+def check_pod_templates(spec: DSparkTrainingJobSpec) -> InvalidSpec | None:
+    """The roles' partial pod templates replace nothing the operator owns: its labels, volumes, mount paths, the
+    container it runs, the reserved env prefixes, the trainer's ServiceAccount."""
+    for field, container, tmpl in role_pod_templates(spec):
+        if tmpl is None:
+            continue
+        owned = dict(OPERATOR_MOUNTS)
+        if container == "trainer":
+            owned[spec.trainer.output.mount_path] = "the output volume (trainer.output.mountPath)"
+            if tmpl.spec.service_account_name:
+                return InvalidSpec(
+                    f"{field}.spec.serviceAccountName",
+                    "the trainer runs as the ServiceAccount <job>-trainer, which the operator binds to report "
+                    "status.progress; grant that ServiceAccount what else the trainer needs",
+                )
+        problem = (
+            _metadata_problem(field, tmpl)
+            or _volumes_problem(field, tmpl.spec.volumes)
+            or _containers_problem(field, container, tmpl, owned)
+            or _affinity_problem(field, tmpl)
+        )
+        if problem:
+            return problem
+    return None
+
+
 def _segments(path: str) -> tuple[str, ...]:
     return tuple(s for s in path.split("/") if s not in ("", "."))
 
@@ -259,8 +411,10 @@ CHECKS: tuple[Callable[[DSparkTrainingJobSpec], InvalidSpec | None], ...] = (
     check_resources,
     check_optimizer,
     check_target_layers,
+    check_output_volume,
     check_output_dirs,
     check_publish,
+    check_pod_templates,
 )
 
 

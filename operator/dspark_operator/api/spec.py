@@ -37,6 +37,7 @@ from dspark_trainer.config import (
 from pydantic import AfterValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from dspark_operator.api.paths import mount_path_problem, overlaps, relative_dir_problem
+from dspark_operator.api.podtemplate import PodTemplateOverride
 
 # The Kubernetes resource.Quantity grammar (as in the apimachinery OpenAPI schema).
 QUANTITY_PATTERN = (
@@ -275,6 +276,14 @@ class InferenceSpec(InferenceConfig):
     )
     shm_size: Quantity = Field("16Gi", description="Size limit of the memory-backed /dev/shm volume.")
     env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment variables.")
+    pod_template: PodTemplateOverride | None = Field(
+        None,
+        description=(
+            "Partial pod template merged over the capture server pods (labels, annotations, imagePullSecrets, "
+            "affinity, serviceAccountName, volumes, the capture container's envFrom and volumeMounts, "
+            "securityContext). See docs/operator.md."
+        ),
+    )
 
 
 class CaptureSpec(CaptureSettings):
@@ -308,8 +317,15 @@ class OutputSpec(ConfigModel):
         None,
         description=(
             "PersistentVolumeClaim mounted at mountPath in the trainer pods (ReadWriteMany for more than one node). "
-            "Without it an emptyDir is used and the result is lost with the pods (testing only; the job reports "
-            "condition OutputPersistent=False and a Warning event)."
+            "Required unless ephemeral is true."
+        ),
+    )
+    ephemeral: bool = Field(
+        False,
+        description=(
+            "true: no claimName, write checkpoints and the draft to an emptyDir that is lost with the trainer pods "
+            "(a gang restart starts from scratch; for tests and demos). The job reports condition "
+            "OutputPersistent=False and a Warning event."
         ),
     )
     mount_path: str = Field(
@@ -400,6 +416,14 @@ class TrainerSpec(ConfigModel):
         300, ge=0, le=86400, description="Seconds a trainer pod gets after SIGTERM to write a checkpoint."
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=128, description="Extra environment variables.")
+    pod_template: PodTemplateOverride | None = Field(
+        None,
+        description=(
+            "Partial pod template merged over the trainer pods (labels, annotations, imagePullSecrets, affinity, "
+            "volumes, the trainer container's envFrom and volumeMounts, securityContext; no serviceAccountName). "
+            "See docs/operator.md."
+        ),
+    )
 
 
 class TransportSpec(TransportSettings):
@@ -421,6 +445,13 @@ class TransportSpec(TransportSettings):
     )
     master_resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="CPU/memory for the Mooncake master."
+    )
+    master_pod_template: PodTemplateOverride | None = Field(
+        None,
+        description=(
+            "Partial pod template merged over the Mooncake master pod (as inference.podTemplate; its container is "
+            "mooncake-master). See docs/operator.md."
+        ),
     )
 
 

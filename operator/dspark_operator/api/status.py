@@ -52,6 +52,7 @@ class ConditionType(StrEnum):
     SCHEDULABLE = "Schedulable"  # every pod of the job can be placed (False: why not)
     TARGET_LAYERS_CHECKED = "TargetLayersChecked"  # draft.targetLayerIds checked against the target's depth
     OUTPUT_PERSISTENT = "OutputPersistent"  # checkpoints and the draft go to a PersistentVolumeClaim
+    READY = "Ready"  # every child is ready and the trainer runs on the latest spec (False: the reason why not)
 
 
 class ConditionStatus(StrEnum):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -12,6 +13,7 @@ from dspark_trainer.config import TransportProtocol
 from dspark_trainer.config.job import JOB_CONFIG_DIR, JOB_CONFIG_ENV, JOB_CONFIG_PATH, POD_IP_ENV
 
 from dspark_operator import __version__
+from dspark_operator.api.podtemplate import PodTemplateOverride
 from dspark_operator.api.spec import DSparkTrainingJobSpec, ResourceRequirements
 from dspark_operator.constants import (
     ANNOTATION_SPEC_HASH,
@@ -27,6 +29,7 @@ from dspark_operator.constants import (
     LABEL_PART_OF,
     LABEL_VERSION,
     MANAGED_BY,
+    MODELS_MOUNT,
 )
 
 Manifest = dict[str, Any]
@@ -206,6 +209,73 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
+def pod_template(
+    ctx: BuildContext,
+    component: str,
+    *,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    override: PodTemplateOverride | None = None,
+    service_account: str | None = None,
+    scheduling: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The pod template of a role, finished in one place: the workload labels, the containers and volumes, no
+    service links, the restricted pod security context, `spec.scheduling` (or `scheduling`), a ServiceAccount with
+    its token only when `service_account` is given, any other pod `fields`, then the role's `override` merged."""
+    spec: dict[str, Any] = {
+        "containers": containers,
+        "volumes": volumes,
+        "automountServiceAccountToken": service_account is not None,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        **fields,
+        **(pod_scheduling(ctx) if scheduling is None else scheduling),
+    }
+    if service_account is not None:
+        spec["serviceAccountName"] = service_account
+    return merge_pod_override({"metadata": {"labels": workload_labels(ctx, component)}, "spec": spec}, override)
+
+
+def merge_pod_override(template: Mapping[str, Any], override: PodTemplateOverride | None) -> dict[str, Any]:
+    """`template` with a role's partial pod template merged (a new dict). Additive: labels and annotations are
+    added (the operator's labels win), volumes appended, envFrom and volumeMounts appended to the container of the
+    same name, securityContext fields set over the operator's; imagePullSecrets, serviceAccountName and affinity
+    are set. What may be overridden at all is checked before (`api.checks.check_pod_templates`)."""
+    out = copy.deepcopy(dict(template))
+    if override is None:
+        return out
+    meta, spec = out.setdefault("metadata", {}), out["spec"]
+    if override.metadata.labels:
+        meta["labels"] = {**override.metadata.labels, **meta.get("labels", {})}
+    if override.metadata.annotations:
+        meta["annotations"] = {**meta.get("annotations", {}), **override.metadata.annotations}
+    extra = override.spec
+    if extra.image_pull_secrets:
+        spec["imagePullSecrets"] = [ref.to_wire() for ref in extra.image_pull_secrets]
+    if extra.service_account_name:
+        spec["serviceAccountName"] = extra.service_account_name
+    if extra.affinity:
+        spec["affinity"] = copy.deepcopy(extra.affinity)
+    if extra.volumes:
+        spec["volumes"] = [*spec.get("volumes", []), *copy.deepcopy(extra.volumes)]
+    if extra.security_context is not None:
+        spec["securityContext"] = {**spec.get("securityContext", {}), **_non_empty(extra.security_context.to_wire())}
+    for part in extra.containers:
+        for container in spec["containers"]:
+            if container["name"] == part.name:
+                if part.env_from:
+                    container["envFrom"] = [*container.get("envFrom", []), *(e.to_wire() for e in part.env_from)]
+                if part.volume_mounts:
+                    mounts = [m.to_wire() for m in part.volume_mounts]
+                    container["volumeMounts"] = [*container.get("volumeMounts", []), *mounts]
+    return out
+
+
+def _non_empty(wire: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in wire.items() if v not in ([], {})}
+
+
 def job_env(ctx: BuildContext) -> list[dict[str, Any]]:
     """The contract's environment, the same in every pod: where the job config is, and the pod's IP (the
     address its Mooncake client advertises)."""
@@ -221,6 +291,19 @@ def config_volume(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
         {"name": "config", "configMap": {"name": ctx.names.config}},
         {"name": "config", "mountPath": JOB_CONFIG_DIR, "readOnly": True},
     )
+
+
+def models_volume(ctx: BuildContext) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """[(volume, volumeMount)] of target.modelClaimName read-only at /models, or [] without one."""
+    claim = ctx.spec.target.model_claim_name
+    if not claim:
+        return []
+    return [
+        (
+            {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+            {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+        )
+    ]
 
 
 def hf_token_env(ctx: BuildContext) -> list[dict[str, Any]]:

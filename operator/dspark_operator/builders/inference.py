@@ -33,14 +33,13 @@ from dspark_operator.builders.common import (
     hf_token_env,
     job_env,
     metadata,
-    pod_scheduling,
-    pod_security_context,
+    models_volume,
+    pod_template,
     security_context,
     selector_labels,
     with_hash,
-    workload_labels,
 )
-from dspark_operator.constants import COMPONENT_INFERENCE, MODELS_MOUNT
+from dspark_operator.constants import COMPONENT_INFERENCE
 
 CAPTURE_COMMAND = ["dspark", "capture-server"]
 
@@ -130,14 +129,9 @@ def build_inference_deployment(ctx: BuildContext, *, replicas: int | None = None
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": inf.shm_size}},
         config_vol,
     ]
-    if ctx.spec.target.model_claim_name:
-        volume_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-        volumes.append(
-            {
-                "name": "models",
-                "persistentVolumeClaim": {"claimName": ctx.spec.target.model_claim_name, "readOnly": True},
-            }
-        )
+    for volume, mount in models_volume(ctx):
+        volumes.append(volume)
+        volume_mounts.append(mount)
     container: dict[str, Any] = {
         "name": "capture",
         "image": inference_image(ctx),
@@ -158,17 +152,9 @@ def build_inference_deployment(ctx: BuildContext, *, replicas: int | None = None
             "spec": {
                 "replicas": inf.replicas if replicas is None else replicas,
                 "selector": {"matchLabels": selector_labels(ctx, COMPONENT_INFERENCE)},
-                "template": {
-                    "metadata": {"labels": workload_labels(ctx, COMPONENT_INFERENCE)},
-                    "spec": {
-                        "containers": [container],
-                        "volumes": volumes,
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        **pod_scheduling(ctx),
-                    },
-                },
+                "template": pod_template(
+                    ctx, COMPONENT_INFERENCE, containers=[container], volumes=volumes, override=inf.pod_template
+                ),
             },
         }
     )

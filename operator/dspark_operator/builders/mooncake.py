@@ -11,13 +11,12 @@ from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
     config_volume,
+    container_resources,
     metadata,
-    pod_scheduling,
-    pod_security_context,
+    pod_template,
     security_context,
     selector_labels,
     with_hash,
-    workload_labels,
 )
 from dspark_operator.constants import (
     COMPONENT_MOONCAKE,
@@ -31,12 +30,7 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
     """The Mooncake master Deployment (replicas 1, or 0 when the job is scaled down)."""
     image = ctx.spec.transport.master_image or ctx.trainer_image
     config_vol, config_mount = config_volume(ctx)
-    res = ctx.spec.transport.master_resources
-    resources: dict[str, Any] = {}
-    if res.requests:
-        resources["requests"] = dict(res.requests)
-    if res.limits:
-        resources["limits"] = dict(res.limits)
+    resources = container_resources(ctx, ctx.spec.transport.master_resources, gpus=0, rdma=False)
     container: dict[str, Any] = {
         "name": "mooncake-master",
         "image": image,
@@ -55,7 +49,6 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
     }
     if resources:
         container["resources"] = resources
-    pod_labels = workload_labels(ctx, COMPONENT_MOONCAKE)
     return with_hash(
         {
             "apiVersion": "apps/v1",
@@ -65,17 +58,13 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
                 "replicas": replicas,
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": selector_labels(ctx, COMPONENT_MOONCAKE)},
-                "template": {
-                    "metadata": {"labels": pod_labels},
-                    "spec": {
-                        "containers": [container],
-                        "volumes": [config_vol],
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        **pod_scheduling(ctx),
-                    },
-                },
+                "template": pod_template(
+                    ctx,
+                    COMPONENT_MOONCAKE,
+                    containers=[container],
+                    volumes=[config_vol],
+                    override=ctx.spec.transport.master_pod_template,
+                ),
             },
         }
     )

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from dspark_operator.api.paths import output_path
+from dspark_operator.api.podtemplate import PodSpecOverride, PodTemplateOverride
 from dspark_operator.api.spec import RegenerateSpec, ResourceRequirements
 from dspark_operator.builders.common import (
     BuildContext,
@@ -30,10 +31,9 @@ from dspark_operator.builders.common import (
     container_resources,
     metadata,
     pod_scheduling,
-    pod_security_context,
+    pod_template,
     security_context,
     with_hash,
-    workload_labels,
 )
 from dspark_operator.constants import COMPONENT_REGENERATE, DATA_MOUNT
 
@@ -210,22 +210,29 @@ def build_regenerate_job(ctx: BuildContext, regen: RegenerateSpec | None = None,
                         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                     ]
                 },
-                "template": {
-                    "metadata": {"labels": workload_labels(ctx, COMPONENT_REGENERATE)},
-                    "spec": {
-                        "restartPolicy": "Never",  # a new pod per retry; it resumes from the committed shards
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        "terminationGracePeriodSeconds": 60,
-                        "containers": [container],
-                        "volumes": volumes,
-                        **regenerate_scheduling(ctx, regen),
-                    },
-                },
+                "template": pod_template(
+                    ctx,
+                    COMPONENT_REGENERATE,
+                    containers=[container],
+                    volumes=volumes,
+                    override=regenerate_pod_override(ctx),
+                    scheduling=regenerate_scheduling(ctx, regen),
+                    restartPolicy="Never",  # a new pod per retry; it resumes from the committed shards
+                    terminationGracePeriodSeconds=60,
+                ),
             },
         }
     )
+
+
+def regenerate_pod_override(ctx: BuildContext) -> PodTemplateOverride | None:
+    """What the Job pod (trainer image, its own placement and volumes) takes from trainer.podTemplate: labels,
+    annotations, imagePullSecrets and the pod securityContext."""
+    tmpl = ctx.spec.trainer.pod_template
+    if tmpl is None:
+        return None
+    spec = PodSpecOverride(image_pull_secrets=tmpl.spec.image_pull_secrets, security_context=tmpl.spec.security_context)
+    return PodTemplateOverride(metadata=tmpl.metadata, spec=spec)
 
 
 def regenerate_scheduling(ctx: BuildContext, regen: RegenerateSpec) -> dict[str, Any]:

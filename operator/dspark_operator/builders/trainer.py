@@ -21,18 +21,16 @@ from dspark_operator.builders.common import (
     hf_token_env,
     job_env,
     metadata,
-    pod_scheduling,
-    pod_security_context,
+    models_volume,
+    pod_template,
     security_context,
     selector_labels,
     with_hash,
-    workload_labels,
 )
 from dspark_operator.constants import (
     COMPONENT_TRAINER,
     DATA_MOUNT,
     LABEL_POD_INDEX,
-    MODELS_MOUNT,
     PUBLISH_CREDENTIALS_MOUNT,
     TRAINER_RDZV_PORT,
 )
@@ -135,14 +133,9 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
         volumes.append(
             {"name": "data", "persistentVolumeClaim": {"claimName": ctx.spec.dataset.claim_name, "readOnly": True}}
         )
-    if ctx.spec.target.model_claim_name:
-        volume_mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-        volumes.append(
-            {
-                "name": "models",
-                "persistentVolumeClaim": {"claimName": ctx.spec.target.model_claim_name, "readOnly": True},
-            }
-        )
+    for volume, mount in models_volume(ctx):
+        volumes.append(volume)
+        volume_mounts.append(mount)
     if tr.export.credentials_secret:
         volume_mounts.append({"name": "publish-credentials", "mountPath": PUBLISH_CREDENTIALS_MOUNT, "readOnly": True})
         # Group-readable: the trainer runs as non-root with the pod's fsGroup.
@@ -172,20 +165,16 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
                 "podManagementPolicy": "Parallel",
                 "updateStrategy": {"type": "OnDelete"},
                 "selector": {"matchLabels": selector_labels(ctx, COMPONENT_TRAINER)},
-                "template": {
-                    "metadata": {"labels": workload_labels(ctx, COMPONENT_TRAINER)},
-                    "spec": {
-                        "serviceAccountName": ctx.names.service_account,
-                        "automountServiceAccountToken": True,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        "restartPolicy": "Always",
-                        "terminationGracePeriodSeconds": tr.termination_grace_period_seconds,
-                        "containers": [container],
-                        "volumes": volumes,
-                        **pod_scheduling(ctx),
-                    },
-                },
+                "template": pod_template(
+                    ctx,
+                    COMPONENT_TRAINER,
+                    containers=[container],
+                    volumes=volumes,
+                    override=tr.pod_template,
+                    service_account=ctx.names.service_account,
+                    restartPolicy="Always",
+                    terminationGracePeriodSeconds=tr.termination_grace_period_seconds,
+                ),
             },
         }
     )
