@@ -77,7 +77,7 @@ def test_default_render() -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "RollingUpdate"}  # leader election: an overlap reconciles nothing twice
     (lease_role,) = by_kind(docs, "Role")
-    assert lease_role["metadata"]["namespace"] == "default"
+    assert lease_role["metadata"]["namespace"] == deploy["metadata"]["namespace"]  # the release namespace
     assert lease_role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
     ]
@@ -237,7 +237,8 @@ def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
 
 
 def operator_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    (role,) = [d for d in docs if d["kind"] in ("ClusterRole", "Role") and not d["metadata"]["name"].endswith("-kopf")]
+    (role,) = [d for d in docs if d["kind"] in ("ClusterRole", "Role")
+               and not d["metadata"]["name"].endswith(("-kopf", "-leader-election"))]
     return list(role["rules"])
 
 
