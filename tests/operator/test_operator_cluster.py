@@ -166,8 +166,8 @@ def test_progress_from_the_trainer_reporter_shows_in_kubectl(dsj_env: OperatorEn
     env.wait(lambda: "1234" in env.kubectl("get", "dsj", "prog", "-n", ns).stdout, what="the step column")
     table = env.kubectl("get", "dsj", "prog", "-n", ns).stdout.split("\n")
     header, row = table[0].split(), table[1].split()
-    assert header[:6] == ["NAME", "PHASE", "STEP", "LOSS", "TAU", "AGE"]
-    assert row[1:5] == ["Running", "1234", "1.875", "3.25"]
+    assert header[:7] == ["NAME", "PHASE", "READY", "STEP", "LOSS", "TAU", "AGE"]
+    assert row[1] == "Running" and row[3:6] == ["1234", "1.875", "3.25"]
     wide = env.kubectl("get", "dsj", "prog", "-n", ns, "-o", "wide").stdout
     assert "5000" in wide and "TOTAL" in wide
     # The trainer's token may patch only this job's status.
