@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import threading
+from abc import abstractmethod
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,8 +90,9 @@ def parse_record(line: str, default_uid: str, where: str) -> ConversationRecord:
 class RecordSequence(Sequence[ConversationRecord]):
     """A sequence of records read one at a time (``record``); a slice is a list of them."""
 
+    @abstractmethod
     def record(self, index: int) -> ConversationRecord:
-        raise NotImplementedError
+        """The record at ``index`` (0 <= index < len(self))."""
 
     @overload
     def __getitem__(self, index: int) -> ConversationRecord: ...
