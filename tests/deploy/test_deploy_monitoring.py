@@ -315,14 +315,25 @@ def monitored(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactor
                 'dspark_operator_job_gang_restarts_total{dspark_job="runs"} >= 1',
                 '{__name__=~"sglang[:_]prompt_tokens_total"} > 0',
             ]
-            not_yet[:] = [expr for expr in checks if not prom.query(expr)]
+            # Reported at any moment of the run: the evaluation's gauges appear only in the trainer's last
+            # seconds, after which the pipeline's exporters stop (and their series go stale).
+            not_yet[:] = [expr for expr in checks if not prom.query(f"last_over_time(({expr})[1h:1s])")]
             return not not_yet
 
         poll(reported, timeout=RUN_TIMEOUT, what="every exporter to report", interval=2.0,
              detail=lambda: f"no data yet for {not_yet}\n" + run.tail() + "\n" + operator.log_tail())
-        at = time.time()
+        at = last_scrape_of(prom, f'dspark_eval_spec_tau{{dspark_job="{JOB}"}}')
         window = f"{int(at - t0) + 30}s"
         yield Monitored(prom=prom, at=at, window=window, jobs_ns=jobs_ns, operator_ns=operator_ns)
+
+
+def last_scrape_of(prom: PrometheusServer, selector: str) -> float:
+    """The time of the last scrape that returned `selector`. Every exporter of the run was live then (the
+    evaluation's gauges are the last series the trainer serves, and the pipeline stops the capture server and
+    Mooncake only after the trainer exits), so queries at that time see the whole run."""
+    samples = [float(ts) for series in prom.query(f"{selector}[1h]") for ts, _ in series.get("values", [])]
+    assert samples, f"no samples of {selector}"
+    return max(samples) + 0.001
 
 
 # ------------------------------------------------------------------------------------ the tests
