@@ -338,8 +338,8 @@ RULES: dict[Path_, list[dict[str, str]]] = {
         {
             "rule": f"self.matches(r'{LABEL_VALUE}')",
             "message": (
-                "scheduling.queueName becomes the kueue.x-k8s.io/queue-name label, so it must be a label value: at "
-                "most 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', alphanumeric at both ends"
+                "scheduling.queueName becomes the Workload's kueue.x-k8s.io/queue-name label, so it must be a label "
+                "value: at most 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', alphanumeric at both ends"
             ),
         }
     ],

@@ -74,6 +74,8 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("rbac.authorization.k8s.io/v1", "Role", "roles"),
         KindInfo("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
         KindInfo("monitoring.coreos.com/v1", "PodMonitor", "podmonitors"),
+        KindInfo("kueue.x-k8s.io/v1beta2", "Workload", "workloads"),
+        KindInfo("kueue.x-k8s.io/v1beta2", "LocalQueue", "localqueues"),
         KindInfo(API_VERSION, KIND, PLURAL),
     )
 }

@@ -56,6 +56,15 @@ from dspark_operator.constants import (
 from dspark_operator.drift import drifted_child
 from dspark_operator.kube import KINDS, ApiError, KubeApi, kind_of
 from dspark_operator.metrics import OperatorMetrics
+from dspark_operator.queueing import (
+    Admission,
+    AdmissionState,
+    admission_of,
+    build_workload,
+    finished,
+    released,
+    workload_name,
+)
 from dspark_operator.rejections import invalid_from_rejection
 from dspark_operator.scheduling import CreateFailure, MissingObject, Verdict, placement_from_pod, verdict
 from dspark_operator.settings import Settings
@@ -310,6 +319,10 @@ class Reconciler:
                 job = effective_view(parsed, choice)
             else:
                 job = accept(job)
+        queued_workload: dict[str, Any] | None = None
+        if job.spec is not None and job.spec.scheduling.queue_name:
+            queued_workload, admission = await self._observe_admission(job, job.spec.scheduling.queue_name)
+            observed = dataclasses.replace(observed, admission=admission)
         if job.spec is not None and not terminal and decision_needs_scheduling(job, observed):
             observed = dataclasses.replace(observed, schedulable=await self._schedulable(job, existing, observed, now))
         policy = best_effort_run_policy(body) if job.spec is None else None
@@ -332,6 +345,7 @@ class Reconciler:
             await self._report_apply_error(job, decision, err, now)
             raise
         await self._delete_pods(namespace, decision.delete_pods)
+        await self._act_on_workload(job, decision, queued_workload, observed, now)
         if decision.gang_restart:
             self.metrics.gang_restart(namespace, name)
         rv = await self._write_status(job, decision)
@@ -392,6 +406,72 @@ class Reconciler:
         return bool((ns.get("metadata") or {}).get("deletionTimestamp")) or (
             (ns.get("status") or {}).get("phase") == "Terminating"
         )
+
+    # ---------------------------------------------------------------- Kueue
+    async def _observe_admission(self, job: JobView, queue: str) -> tuple[dict[str, Any] | None, Admission]:
+        """The job's Kueue Workload (only one this job owns) and what it says; while it waits, the ClusterQueue
+        its LocalQueue points to."""
+        wl = await self.api.get(KINDS["Workload"].item(job.namespace, workload_name(job.name)))
+        if wl is not None and not owned_by(wl, job.uid):
+            raise ApiError(409, "Conflict", f"Workload {workload_name(job.name)} exists and is not this job's")
+        admission = admission_of(wl)
+        if admission.state in (AdmissionState.MISSING, AdmissionState.QUEUED):
+            try:
+                lq = await self.api.get(KINDS["LocalQueue"].item(job.namespace, queue))
+            except ApiError as err:
+                log.debug("cannot read LocalQueue %s/%s: %s", job.namespace, queue, err.message)
+                lq = None
+            cq = ((lq or {}).get("spec") or {}).get("clusterQueue")
+            if lq is None:
+                admission = dataclasses.replace(
+                    admission, message=f"LocalQueue {job.namespace}/{queue} does not exist (create it, or fix "
+                    "spec.scheduling.queueName)")
+            admission = dataclasses.replace(admission, cluster_queue=cq)
+        return wl, admission
+
+    async def _priority(self, name: str | None) -> int | None:
+        """The value of a PriorityClass (the Workload's priority, which decides who Kueue preempts)."""
+        if not name:
+            return None
+        pc = await self.api.get(KINDS["PriorityClass"].item(None, name))
+        return int(pc["value"]) if pc is not None and "value" in pc else None
+
+    async def _act_on_workload(
+        self, job: JobView, decision: Decision, workload: dict[str, Any] | None, observed: Observed, now: dt.datetime
+    ) -> None:
+        """Create the job's Workload, give its quota back after an eviction, or mark it Finished (once no pod of
+        the job runs any more: the quota is free only when the pods are gone)."""
+        if job.spec is None or not job.spec.scheduling.queue_name:
+            return
+        path = KINDS["Workload"].item(job.namespace, workload_name(job.name))
+        phase = str(decision.status.phase or "")
+        if phase in TERMINAL_PHASES:
+            if any(p.phase not in ("Succeeded", "Failed") for p in observed.placements):
+                decision.requeue_after = min(decision.requeue_after or 5.0, 5.0)
+                return
+            if workload is not None and admission_of(workload).state is not AdmissionState.FINISHED:
+                body = finished(workload, succeeded=phase == Phase.SUCCEEDED.value,
+                                message=f"DSparkTrainingJob {phase}", now=now)
+                await self.api.request("PUT", path + "/status", body=body)
+            return
+        if decision.workload_action == "create" and workload is None:
+            protocol = decision.status.transport_protocol or await self.transport_protocol(job)
+            decision.status.transport_protocol = protocol
+            ctx = self._context(job, protocol)
+            manifest = build_workload(
+                name=job.name, namespace=job.namespace, uid=job.uid, queue_name=job.spec.scheduling.queue_name,
+                manifests=self._manifests(job, ctx, trainer_up=True),
+                labels={LABEL_INSTANCE: job.name, LABEL_MANAGED_BY: MANAGED_BY},
+                priority=await self._priority(job.spec.scheduling.priority_class_name),
+                priority_class_name=job.spec.scheduling.priority_class_name,
+            )
+            try:
+                await self.api.request("POST", KINDS["Workload"].collection(job.namespace), body=manifest)
+            except ApiError as err:
+                if err.status != 409:
+                    raise
+        elif decision.workload_action == "release" and workload is not None:
+            await self.api.request("PUT", path + "/status", body=released(workload, now))
 
     # ---------------------------------------------------------------- observe
     async def podmonitor_available(self) -> bool:

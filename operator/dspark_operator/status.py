@@ -32,9 +32,11 @@ from dspark_operator.api.status import (
     Phase,
 )
 from dspark_operator.builders.regenerate_job import describe_summary, job_conditions, regenerate_job_name
+from dspark_operator.queueing import Admission, AdmissionState
 from dspark_operator.scheduling import PodPlacement, Verdict
 
 SUSPEND_REASON = "Suspend"
+EVICTION_REASON = "Evicted"  # a checkpoint request before Kueue's eviction stops the job
 # Reasons of the Regenerating condition (besides the Job's own failure reason).
 REGEN_WAITING = "WaitingForInference"
 REGEN_RUNNING = "JobRunning"
@@ -111,6 +113,7 @@ class Observed:
     regenerate: JobInfo | None = None
     schedulable: Verdict | None = None  # None: not looked at (e.g. the first pass, nothing exists yet)
     placements: tuple[PodPlacement, ...] = ()  # every pod of the job, for the Schedulable condition
+    admission: Admission | None = None  # the job's Kueue Workload (spec.scheduling.queueName); None: not looked at
 
 
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
@@ -208,6 +211,7 @@ class Decision:
     result: str = "ok"
     trainer_up: bool = True  # False: the trainer StatefulSet stays at 0 replicas (data regeneration first)
     regenerate_job: bool = False  # create the regeneration Job if it is missing
+    workload_action: str | None = None  # Kueue Workload: "create", "release" (evicted, stopped) or "finish"
 
 
 def fmt_time(t: dt.datetime) -> str:
@@ -304,7 +308,7 @@ def readiness(status: DSparkTrainingJobStatus) -> tuple[bool, str, str]:
     """The Ready condition from the others (pure): True when the job is Running with transport, inference and
     the trainer gang up and nothing restarting, unschedulable or rejected; otherwise the first reason why not."""
     phase = status.phase or Phase.PENDING.value
-    if phase in TERMINAL_PHASES or phase in (Phase.SUSPENDED.value, Phase.REGENERATING.value):
+    if phase in TERMINAL_PHASES or phase in (Phase.SUSPENDED.value, Phase.REGENERATING.value, Phase.QUEUED.value):
         return False, phase, f"the job is {phase}"
     for ctype, bad, reason in _READY_BLOCKERS:
         cond = status.condition(ctype.value)
@@ -372,7 +376,7 @@ def decide(job: JobView, observed: Observed, now: dt.datetime, *, run_policy: Ru
 
     start = parse_time(st.start_time)
     deadline = policy.active_deadline_seconds
-    if deadline is not None and start is not None and st.phase != Phase.SUSPENDED.value:
+    if deadline is not None and start is not None and st.phase not in (Phase.SUSPENDED.value, Phase.QUEUED.value):
         left = (start - now).total_seconds() + deadline
         if left <= 0:
             msg = f"the job ran longer than activeDeadlineSeconds={deadline}"
@@ -394,7 +398,70 @@ def decide(job: JobView, observed: Observed, now: dt.datetime, *, run_policy: Ru
         if st.condition(ConditionType.SUSPENDED.value) is not None:
             b.condition(ConditionType.SUSPENDED, False, "SuspendCancelled", "runPolicy.suspend is false again")
 
+    if spec.scheduling.queue_name:
+        gated = _admission(b, policy, observed, spec.scheduling.queue_name)
+        if gated is not None:
+            return gated
     return _running(b, policy, observed)
+
+
+_TRANSIENT_ADMISSION_REASONS = frozenset({"Queued", "Stopping", "CheckpointRequested", "Admitted"})
+
+
+def _job_pods_active(observed: Observed) -> bool:
+    """Whether some pod of the job still runs or may start (the regeneration Job's included)."""
+    return any(p.phase not in ("Succeeded", "Failed") for p in observed.placements)
+
+
+def _admission(b: _Builder, policy: RunPolicySpec, observed: Observed, queue: str) -> Decision | None:
+    """Kueue gang admission: nothing of the job runs until its Workload is admitted; an evicted job checkpoints,
+    stops and gives its quota back (no failure, no restart counted), then waits in the queue again. None: admitted,
+    go on running."""
+    st = b.status
+    adm = observed.admission or Admission(AdmissionState.MISSING)
+    if adm.state is AdmissionState.ADMITTED:
+        st.cluster_queue = adm.cluster_queue
+        b.condition(ConditionType.ADMITTED, True, "Admitted", f"admitted by ClusterQueue {adm.cluster_queue}")
+        if st.checkpoint_request is not None and st.checkpoint_request.reason == EVICTION_REASON:
+            st.checkpoint_request = None
+        if st.phase == Phase.QUEUED.value:
+            st.start_time = fmt_time(b.now)  # the deadline counts from the admission
+            st.gang = GangStatus()
+            b.phase(Phase.STARTING, f"admitted by ClusterQueue {adm.cluster_queue}")
+        return None
+    if adm.state is AdmissionState.EVICTED:
+        stopped = _checkpoint_before_stop(b, policy, observed, EVICTION_REASON, ConditionType.ADMITTED)
+        if stopped is None:
+            return b.finish(Workloads.NONE)
+        _, how = stopped
+        why = f"evicted by Kueue ({adm.reason}: {adm.message})"
+        st.gang = GangStatus()
+        _mark_stopped(b, "Evicted")
+        if _job_pods_active(observed):
+            b.condition(ConditionType.ADMITTED, False, "Stopping", f"{why}; {how}; waiting for the pods to stop")
+            b.requeue.append(ACTIVE_REQUEUE)
+            return b.finish(Workloads.DOWN)
+        st.checkpoint_request = None
+        b.condition(ConditionType.ADMITTED, False, adm.reason or "Evicted", f"{why}; {how}; queued again")
+        b.phase(Phase.QUEUED, f"{why}; queued again in LocalQueue {queue}")
+        return b.finish(Workloads.DOWN, workload_action="release")
+    # Missing or queued: no pod of the job may run (Kueue may have taken the quota back by itself).
+    if adm.cluster_queue:
+        st.cluster_queue = adm.cluster_queue
+    where = f"LocalQueue {queue}" + (f" (ClusterQueue {adm.cluster_queue})" if adm.cluster_queue else "")
+    waiting = adm.message if adm.state is AdmissionState.QUEUED else "creating the Kueue Workload"
+    old = st.condition(ConditionType.ADMITTED.value)
+    if old is None or old.status != ConditionStatus.FALSE or old.reason in _TRANSIENT_ADMISSION_REASONS:
+        b.condition(ConditionType.ADMITTED, False, "Queued", f"waiting in {where}: {waiting}")
+    # else: the reason the job waits again (e.g. Preempted) stays until Kueue admits it
+    if st.phase != Phase.QUEUED.value:
+        _mark_stopped(b, "Queued")
+        st.gang = GangStatus()
+    b.phase(Phase.QUEUED, f"waiting for Kueue to admit the whole gang in {where}")
+    if _job_pods_active(observed):
+        b.requeue.append(ACTIVE_REQUEUE)
+    action = "create" if adm.state is AdmissionState.MISSING else None
+    return b.finish(Workloads.DOWN, workload_action=action)
 
 
 def _spec_acceptance(b: _Builder) -> None:
@@ -518,39 +585,50 @@ def _fail(b: _Builder, policy: RunPolicySpec, reason: str, message: str, result:
     return b.finish(Workloads.DOWN, delete_job=delete, result=result)
 
 
+def _checkpoint_before_stop(
+    b: _Builder, policy: RunPolicySpec, observed: Observed, request_reason: str, ctype: ConditionType
+) -> tuple[str, str] | None:
+    """The handshake before the job's pods are stopped (suspend, Kueue eviction): ask a running trainer for a
+    checkpoint and wait for its acknowledgement, up to runPolicy.suspendTimeoutSeconds. None while waiting;
+    then (reason, message) of how it ended."""
+    st = b.status
+    trainer_running = any(p.running for p in observed.trainer_pods)
+    req = st.checkpoint_request
+    if trainer_running and (req is None or req.reason != request_reason):
+        req = CheckpointRequest(
+            id=f"{request_reason.lower()}-{b.job.generation}-{int(b.now.timestamp())}",
+            reason=request_reason,
+            requested_time=fmt_time(b.now),
+        )
+        st.checkpoint_request = req
+        b.condition(ctype, False, "CheckpointRequested", f"waiting for the trainer to checkpoint ({req.id})")
+        b.requeue.append(min(ACTIVE_REQUEUE, float(policy.suspend_timeout_seconds)))
+        return None
+    progress = st.progress
+    acked = req is not None and progress is not None and progress.checkpoint_ack == req.id
+    if req is None or not (trainer_running or acked):
+        return "Stopped", "no trainer pod was running; scaled down"
+    asked = parse_time(req.requested_time) or b.now
+    left = (asked - b.now).total_seconds() + policy.suspend_timeout_seconds
+    if acked:
+        where = progress.last_checkpoint if progress is not None else None
+        return "Checkpointed", f"trainer checkpointed{f' to {where}' if where else ''}; scaled down"
+    if left <= 0:
+        return "CheckpointTimeout", f"no checkpoint within suspendTimeoutSeconds={policy.suspend_timeout_seconds}; " \
+            "scaled down"
+    b.requeue.append(min(ACTIVE_REQUEUE, left))
+    return None
+
+
 def _suspend(b: _Builder, policy: RunPolicySpec, observed: Observed) -> Decision:
     st = b.status
     if st.phase == Phase.SUSPENDED.value:
         return b.finish(Workloads.DOWN)
-    trainer_running = any(p.running for p in observed.trainer_pods)
-    req = st.checkpoint_request
-    if trainer_running and (req is None or req.reason != SUSPEND_REASON):
-        req = CheckpointRequest(
-            id=f"suspend-{b.job.generation}-{int(b.now.timestamp())}",
-            reason=SUSPEND_REASON,
-            requested_time=fmt_time(b.now),
-        )
-        st.checkpoint_request = req
-        b.condition(
-            ConditionType.SUSPENDED, False, "CheckpointRequested", f"waiting for the trainer to checkpoint ({req.id})"
-        )
-        b.requeue.append(min(ACTIVE_REQUEUE, float(policy.suspend_timeout_seconds)))
+    stopped = _checkpoint_before_stop(b, policy, observed, SUSPEND_REASON, ConditionType.SUSPENDED)
+    if stopped is None:
         return b.finish(Workloads.NONE)
-    reason, message = "Suspended", "no trainer pod was running; scaled down"
-    if req is not None and trainer_running:
-        progress = st.progress
-        acked = progress is not None and progress.checkpoint_ack == req.id
-        asked = parse_time(req.requested_time) or b.now
-        left = (asked - b.now).total_seconds() + policy.suspend_timeout_seconds
-        if acked:
-            where = progress.last_checkpoint if progress is not None else None
-            reason, message = "Checkpointed", f"trainer checkpointed{f' to {where}' if where else ''}; scaled down"
-        elif left <= 0:
-            reason = "CheckpointTimeout"
-            message = f"no checkpoint within suspendTimeoutSeconds={policy.suspend_timeout_seconds}; scaled down"
-        else:
-            b.requeue.append(min(ACTIVE_REQUEUE, left))
-            return b.finish(Workloads.NONE)
+    reason, message = stopped
+    reason = "Suspended" if reason == "Stopped" else reason
     st.checkpoint_request = None
     st.gang = GangStatus()
     b.condition(ConditionType.SUSPENDED, True, reason, message)

@@ -123,6 +123,19 @@ app.kubernetes.io/part-of: dspark
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 {{- end }}
+{{- if .Values.rbac.kueue }}
+# Gang admission: one Kueue Workload per queued job; its status is written to give quota back after an eviction
+# and to mark it Finished; the job's LocalQueue is read to name its ClusterQueue.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["get", "update", "patch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["localqueues"]
+  verbs: ["get"]
+{{- end }}
 {{- if .Values.rbac.podMonitors }}
 # Optional PodMonitor per job (Prometheus Operator).
 - apiGroups: ["monitoring.coreos.com"]

@@ -536,8 +536,10 @@ class SchedulingSpec(ConfigModel):
         min_length=1,
         max_length=63,
         description=(
-            "Kueue LocalQueue: sets the kueue.x-k8s.io/queue-name label on the workloads and pods (so it must be a "
-            "label value: at most 63 of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)."
+            "Kueue LocalQueue of the job's namespace. The job becomes one Kueue Workload (<job>-gang, labelled "
+            "kueue.x-k8s.io/queue-name, so this must be a label value) holding every pod of the job: nothing starts "
+            "until Kueue admits the whole gang (phase Queued until then); a preempted job checkpoints and queues "
+            "again. The Workload's priority is priorityClassName's value."
         ),
     )
 
@@ -546,8 +548,8 @@ class SchedulingSpec(ConfigModel):
     def _queue_is_a_label_value(cls, value: str | None) -> str | None:
         if value is not None and not re.match(LABEL_VALUE, value):
             raise ValueError(
-                f"{value!r} is not a label value (it becomes the kueue.x-k8s.io/queue-name label): at most 63 "
-                "characters of A-Z, a-z, 0-9, '-', '_' and '.', alphanumeric at both ends"
+                f"{value!r} is not a label value (it becomes the Workload's kueue.x-k8s.io/queue-name label): at "
+                "most 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', alphanumeric at both ends"
             )
         return value
 

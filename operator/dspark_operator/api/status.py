@@ -24,6 +24,7 @@ class Phase(StrEnum):
     """Summary of where the job is in its life."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"  # waiting for Kueue to admit the whole gang (spec.scheduling.queueName)
     STARTING = "Starting"
     REGENERATING = "Regenerating"
     RUNNING = "Running"
@@ -52,6 +53,7 @@ class ConditionType(StrEnum):
     SCHEDULABLE = "Schedulable"  # every pod of the job can be placed (False: why not)
     TARGET_LAYERS_CHECKED = "TargetLayersChecked"  # draft.targetLayerIds checked against the target's depth
     OUTPUT_PERSISTENT = "OutputPersistent"  # checkpoints and the draft go to a PersistentVolumeClaim
+    ADMITTED = "Admitted"  # Kueue reserved quota for the whole gang (spec.scheduling.queueName; False: why not)
     READY = "Ready"  # every child is ready and the trainer runs on the latest spec (False: the reason why not)
 
 
@@ -118,7 +120,7 @@ class DSparkTrainingJobStatus(StatusModel):
     """Observed state of a DSpark draft training job."""
 
     phase: Phase | None = Field(
-        None, description="Pending, Starting, Regenerating, Running, Suspended, Succeeded or Failed."
+        None, description="Pending, Queued, Starting, Regenerating, Running, Suspended, Succeeded or Failed."
     )
     conditions: list[Condition] = Field(
         default_factory=list, max_length=32, description="Conditions (metav1.Condition style), one per type."
@@ -146,6 +148,14 @@ class DSparkTrainingJobStatus(StatusModel):
         description=(
             "The Mooncake protocol the job's pods use (rdma or tcp): spec.transport.protocol, with auto decided once "
             "when the job's children are first created (rdma when a node advertises transport.rdmaResourceName)."
+        ),
+    )
+    cluster_queue: str | None = Field(
+        None,
+        max_length=253,
+        description=(
+            "The Kueue ClusterQueue of the job (spec.scheduling.queueName): the one that admitted it, or while Queued "
+            "the one its LocalQueue points to."
         ),
     )
     accepted_generation: int | None = Field(

@@ -23,7 +23,6 @@ from dspark_operator.constants import (
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_JOB_NAME,
-    LABEL_KUEUE_QUEUE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_PART_OF,
@@ -117,11 +116,10 @@ def labels(ctx: BuildContext, component: str) -> dict[str, str]:
 
 
 def workload_labels(ctx: BuildContext, component: str) -> dict[str, str]:
-    """Labels for workloads and their pods: the child labels plus the Kueue queue, if any."""
-    out = labels(ctx, component)
-    if ctx.spec.scheduling.queue_name:
-        out[LABEL_KUEUE_QUEUE] = ctx.spec.scheduling.queue_name
-    return out
+    """Labels for workloads and their pods. No Kueue queue label: with spec.scheduling.queueName the job is one
+    Kueue Workload of its own (dspark_operator.queueing), and Kueue's pod, Deployment or StatefulSet integrations
+    must not queue its pods a second time."""
+    return labels(ctx, component)
 
 
 def owner_reference(ctx: BuildContext) -> dict[str, Any]:
