@@ -37,6 +37,7 @@ EVICTED = "Evicted"
 REQUEUED = "Requeued"
 FINISHED = "Finished"
 # Eviction reasons after which Kueue queues the Workload again by itself (Requeued=True).
+KUEUE_NOT_INSTALLED = "KueueNotInstalled"  # reason: the cluster serves no Kueue API
 REQUEUE_REASONS = frozenset({"Preempted", "NodeFailures"})
 # The Workload's pod sets, in the order the operator starts them (names are DNS labels).
 POD_SETS = ((COMPONENT_MOONCAKE, "Deployment"), (COMPONENT_INFERENCE, "Deployment"), (COMPONENT_TRAINER, "StatefulSet"))

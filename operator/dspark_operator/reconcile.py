@@ -57,6 +57,7 @@ from dspark_operator.drift import drifted_child
 from dspark_operator.kube import KINDS, ApiError, KubeApi, kind_of
 from dspark_operator.metrics import OperatorMetrics
 from dspark_operator.queueing import (
+    KUEUE_NOT_INSTALLED,
     Admission,
     AdmissionState,
     admission_of,
@@ -411,6 +412,15 @@ class Reconciler:
     async def _observe_admission(self, job: JobView, queue: str) -> tuple[dict[str, Any] | None, Admission]:
         """The job's Kueue Workload (only one this job owns) and what it says; while it waits, the ClusterQueue
         its LocalQueue points to."""
+        if not await self.api.api_group_exists("kueue.x-k8s.io/v1beta2"):
+            return None, Admission(
+                AdmissionState.MISSING, reason=KUEUE_NOT_INSTALLED,
+                message=(
+                    "spec.scheduling.queueName is set, but this cluster serves no Kueue API (kueue.x-k8s.io/v1beta2): "
+                    "install Kueue (with DSparkTrainingJob.v1alpha1.dspark.io in integrations.externalFrameworks), "
+                    "or drop spec.scheduling.queueName to run without a queue"
+                ),
+            )
         wl = await self.api.get(KINDS["Workload"].item(job.namespace, workload_name(job.name)))
         if wl is not None and not owned_by(wl, job.uid):
             raise ApiError(409, "Conflict", f"Workload {workload_name(job.name)} exists and is not this job's")

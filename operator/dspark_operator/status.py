@@ -32,7 +32,7 @@ from dspark_operator.api.status import (
     Phase,
 )
 from dspark_operator.builders.regenerate_job import describe_summary, job_conditions, regenerate_job_name
-from dspark_operator.queueing import Admission, AdmissionState
+from dspark_operator.queueing import KUEUE_NOT_INSTALLED, Admission, AdmissionState
 from dspark_operator.scheduling import PodPlacement, Verdict
 
 SUSPEND_REASON = "Suspend"
@@ -405,7 +405,9 @@ def decide(job: JobView, observed: Observed, now: dt.datetime, *, run_policy: Ru
     return _running(b, policy, observed)
 
 
-_TRANSIENT_ADMISSION_REASONS = frozenset({"Queued", "Stopping", "CheckpointRequested", "Admitted"})
+_TRANSIENT_ADMISSION_REASONS = frozenset(
+    {"Queued", "Stopping", "CheckpointRequested", "Admitted", KUEUE_NOT_INSTALLED}
+)
 
 
 def _job_pods_active(observed: Observed) -> bool:
@@ -451,7 +453,9 @@ def _admission(b: _Builder, policy: RunPolicySpec, observed: Observed, queue: st
     where = f"LocalQueue {queue}" + (f" (ClusterQueue {adm.cluster_queue})" if adm.cluster_queue else "")
     waiting = adm.message if adm.state is AdmissionState.QUEUED else "creating the Kueue Workload"
     old = st.condition(ConditionType.ADMITTED.value)
-    if old is None or old.status != ConditionStatus.FALSE or old.reason in _TRANSIENT_ADMISSION_REASONS:
+    if adm.reason == KUEUE_NOT_INSTALLED:
+        b.condition(ConditionType.ADMITTED, False, KUEUE_NOT_INSTALLED, adm.message)
+    elif old is None or old.status != ConditionStatus.FALSE or old.reason in _TRANSIENT_ADMISSION_REASONS:
         b.condition(ConditionType.ADMITTED, False, "Queued", f"waiting in {where}: {waiting}")
     # else: the reason the job waits again (e.g. Preempted) stays until Kueue admits it
     if st.phase != Phase.QUEUED.value:
@@ -460,7 +464,9 @@ def _admission(b: _Builder, policy: RunPolicySpec, observed: Observed, queue: st
     b.phase(Phase.QUEUED, f"waiting for Kueue to admit the whole gang in {where}")
     if _job_pods_active(observed):
         b.requeue.append(ACTIVE_REQUEUE)
-    action = "create" if adm.state is AdmissionState.MISSING else None
+    if adm.reason == KUEUE_NOT_INSTALLED:
+        b.requeue.append(60.0)  # Kueue may be installed later
+    action = "create" if adm.state is AdmissionState.MISSING and adm.reason != KUEUE_NOT_INSTALLED else None
     return b.finish(Workloads.DOWN, workload_action=action)
 
 

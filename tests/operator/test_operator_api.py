@@ -137,6 +137,7 @@ def test_status_schema(schema: dict[str, Any]) -> None:
     status = schema["properties"]["status"]["properties"]
     assert status["phase"]["enum"] == [
         "Pending",
+        "Queued",
         "Starting",
         "Regenerating",
         "Running",

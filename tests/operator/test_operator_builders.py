@@ -200,15 +200,15 @@ def test_trainer_statefulset_and_headless_service() -> None:
     assert vols["config"]["configMap"]["name"] == names.config
 
 
-def test_scheduling_and_kueue_on_every_workload() -> None:
+def test_scheduling_on_every_workload_and_no_kueue_label() -> None:
     children = build_children(make_ctx(PROD))
     for m in children:
+        # A queued job is one Kueue Workload (dspark_operator.queueing); Kueue's pod integrations must not see it.
+        assert "kueue.x-k8s.io/queue-name" not in m["metadata"]["labels"]
         if m["kind"] not in ("Deployment", "StatefulSet"):
-            assert "kueue.x-k8s.io/queue-name" not in m["metadata"]["labels"]
             continue
-        assert m["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q"
         tmpl = m["spec"]["template"]
-        assert tmpl["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q"
+        assert "kueue.x-k8s.io/queue-name" not in tmpl["metadata"]["labels"]
         pod = tmpl["spec"]
         assert pod["nodeSelector"] == {"gpu": "h100"}
         assert pod["priorityClassName"] == "high" and pod["schedulerName"] == "volcano"

@@ -136,7 +136,7 @@ def test_regeneration_job_manifest() -> None:
     assert labels["app.kubernetes.io/component"] == "regenerate"
     assert labels["app.kubernetes.io/instance"] == "demo"
     assert labels["app.kubernetes.io/managed-by"] == "dspark-operator"
-    assert labels["kueue.x-k8s.io/queue-name"] == "team-q"
+    assert "kueue.x-k8s.io/queue-name" not in labels  # the job's Kueue Workload is queued, not its pods
     js = job["spec"]
     assert js["backoffLimit"] == 5 and js["activeDeadlineSeconds"] == 7200
     assert "ttlSecondsAfterFinished" not in js, "kept for inspection; garbage-collected with the job"
