@@ -32,6 +32,7 @@ system-deps:
 cluster-bins: venv
 	scripts/build-cluster-binaries.sh
 	scripts/build-s3-server.sh
+	scripts/build-kueue.sh
 
 demo: venv system-deps
 	$(VENV)/bin/dspark train --local

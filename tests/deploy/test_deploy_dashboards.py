@@ -12,12 +12,16 @@ import pytest
 import yaml
 from deploy_helpers import (
     ALERTS_TEST,
+    CHART,
     DASHBOARDS,
     RULES_FILE,
+    by_kind,
     dashboard_queries,
+    helm_binary,
     metric_names,
     missing,
     project_metric_names,
+    render,
     rule_exprs,
     run,
     sglang_metric_kinds,
@@ -127,3 +131,42 @@ def test_mooncake_metric_names_are_served_by_mooncake_master(tmp_path: Path) -> 
     assert used, "the training dashboard shows the Mooncake store"
     unknown = {n: w for n, w in used.items() if n not in served}
     assert not unknown, f"not served by mooncake_master: {unknown}"
+
+
+def test_alert_settings_from_chart_values_give_valid_rules(tmp_path: Path) -> None:
+    """prometheusRule.alerts changes thresholds, durations and severities, drops disabled alerts, and
+    what it renders still passes `promtool check rules`."""
+    (rule,) = by_kind(render(
+        "--set", "prometheusRule.enabled=true",
+        "--set", "prometheusRule.alerts.DSparkDataStarvation.threshold=0.25",
+        "--set", "prometheusRule.alerts.DSparkDataStarvation.for=30m",
+        "--set", "prometheusRule.alerts.DSparkGangRestarting.threshold=10",
+        "--set", "prometheusRule.alerts.DSparkLossNotFinite.severity=page",
+        "--set", "prometheusRule.alerts.DSparkJobFailed.enabled=false",
+        "--set", "prometheusRule.alerts.DSparkTrainingStalled.window=30m",
+    ), "PrometheusRule")
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "DSparkJobFailed" not in rules
+    assert rules["DSparkDataStarvation"]["expr"].rstrip().endswith(") > 0.25")
+    assert rules["DSparkDataStarvation"]["for"] == "30m"
+    assert rules["DSparkGangRestarting"]["expr"].rstrip().endswith("[1h])) > 10")
+    assert rules["DSparkLossNotFinite"]["labels"]["severity"] == "page"
+    stalled = rules["DSparkTrainingStalled"]["expr"]
+    assert "[30m]" in stalled and "offset 30m" in stalled and "15m" not in stalled
+    assert rules["DSparkOperatorReconcileErrors"] == next(
+        r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]
+        if r["alert"] == "DSparkOperatorReconcileErrors")
+    path = tmp_path / "rendered-alerts.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    out = run([promtool(), "check", "rules", str(path)], check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 5 rules found" in out.stdout
+
+
+def test_alert_settings_are_checked_by_the_chart_schema() -> None:
+    for bad, field in [("prometheusRule.alerts.DSparkJobFailed.threshold=2", "threshold"),
+                       ("prometheusRule.alerts.DSparkDataStarvation.for=soon", "for"),
+                       ("prometheusRule.alerts.DSparkLossNotFinite.window=5m", "window"),
+                       ("prometheusRule.alerts.NoSuchAlert.enabled=true", "NoSuchAlert")]:
+        out = run([helm_binary(), "template", "x", str(CHART), "--set", bad], check=False)
+        assert out.returncode != 0 and field in out.stderr, (bad, out.stderr)
