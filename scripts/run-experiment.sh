@@ -15,5 +15,5 @@ python benchmarks/experiment/run_experiment.py --model "$WORK/models/smollm2" --
     --results "$WORK/results" --train-prompts "$WORK/sharegpt-train.jsonl" --device cuda \
     --num-train 2400 --regen-tokens 192 --regen-batch 256 --max-length 768 --steps 150 --micro-batch 8 \
     --global-batch 32 --curve-points 6 --curve-prompts 32 --curve-tokens 128 --eval-prompts 32 --eval-tokens 160 \
-    --eval-batch 16 --speed-prompts 4 "$@"
+    --eval-batch 16 --speed-prompts 4 --curve-during-train "$@"
 echo "results: $WORK/results (results.json, eval_table.txt, tau_vs_steps.png)"

@@ -4,9 +4,11 @@ of both on MT-Bench, HumanEval and held-out ShareGPT at temperature 0 and 1, plu
 checkpoint (the tau-vs-steps curve).
 
 Stages (``--stages``, default all): ``data`` (export + regenerate), ``train`` (both drafts, concurrently on
-one GPU), ``curve`` (checkpoints), ``eval`` (final drafts), ``plot``. Results go to ``--results`` as
-``results.json`` (appended per stage) and ``tau_vs_steps.png``. ``--deadline`` (seconds) skips what would
-start after it, so a time-limited machine still returns what finished.
+one GPU; with ``--curve-during-train`` a third process measures each checkpoint as it appears), ``eval``
+(final drafts), ``curve`` (checkpoints not measured yet), ``plot``. Results go to ``--results`` as
+``results.json`` (appended per stage) and ``tau_vs_steps.png``. ``--deadline`` (seconds) skips what would not
+finish before it, so a time-limited machine still returns what finished; ``eval`` and ``curve`` resume from
+the ``results.json`` already there (a later call on the same machine runs only what is missing).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def stage_data(a: argparse.Namespace, res: Results) -> None:
     res.put("data", {"exported": n, **summary})
 
 
-def stage_train(a: argparse.Namespace, res: Results) -> None:
+def stage_train(a: argparse.Namespace, res: Results) -> bool:
     work = Path(a.workdir)
     procs = []
     env = dict(os.environ, TORCHDYNAMO_DISABLE="1", PYTHONUNBUFFERED="1")
@@ -99,6 +101,12 @@ def stage_train(a: argparse.Namespace, res: Results) -> None:
                                                str(cfg_path), "--exit-on-complete"], stdout=logf,
                                               stderr=subprocess.STDOUT, env=env), logf))
         log(f"training {name} (log {work / f'train-{name}.log'})")
+    watcher = None
+    if a.curve_during_train:
+        # real decoding of each checkpoint as it appears (tau only: its timings share the GPU with training)
+        watcher = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--stages", "curve",
+                                    "--curve-watch", "--deadline-at", str(a.deadline_at)], env=env)
+        log(f"curve watcher started (pid {watcher.pid})")
     out = {}
     start = time.perf_counter()
     for name, proc, logf in procs:
@@ -108,6 +116,22 @@ def stage_train(a: argparse.Namespace, res: Results) -> None:
         log(f"{name} exited {code} after {time.perf_counter() - start:.0f}s: " + " | ".join(tail[-2:]))
         out[name] = {"exit_code": code, "seconds": round(time.perf_counter() - start, 1), "log_tail": tail}
     res.put("train", out)
+    ok = all(v["exit_code"] == 0 for v in out.values())
+    if watcher is not None:
+        if not ok:
+            watcher.terminate()
+        try:
+            code = watcher.wait(timeout=max(1.0, a.deadline_at - time.time()))
+        except subprocess.TimeoutExpired:
+            watcher.terminate()
+            code = watcher.wait()
+        watch = Results(Path(a.results) / "curve-watch.json").data
+        log(f"curve watcher exited {code} after {time.perf_counter() - start:.0f}s: "
+            f"{ {k: len(v) for k, v in (watch.get('curve') or {}).items()} } points")
+        if watch.get("curve"):
+            res.put("curve", watch["curve"])
+        res.put("curve_watch", {k: v for k, v in watch.items() if k != "curve"})
+    return ok
 
 
 def _evaluator(a: argparse.Namespace, batch: int, max_new: int) -> Any:
@@ -118,58 +142,153 @@ def _evaluator(a: argparse.Namespace, batch: int, max_new: int) -> Any:
     return Evaluator(a.model, device=a.device, options=opts)
 
 
-def stage_curve(a: argparse.Namespace, res: Results, deadline: float) -> None:
+def _template_draft(a: argparse.Namespace, name: str) -> Path:
+    """An exported draft of the architecture the trainer builds for ``name`` (trainer-NAME.yaml), random
+    weights: a checkpoint's weights are loaded into it before the final export exists."""
+    import torch
+    from dspark_trainer.config.job import JobConfig
+    from dspark_trainer.model.api import build_draft_model, export_draft
+    from dspark_trainer.target_resolution import target_layer_ids
+
     work = Path(a.workdir)
-    ev = _evaluator(a, a.eval_batch, a.curve_tokens)
-    ev.options.confidence_threshold = 0.0
-    curve: dict[str, list[dict[str, Any]]] = {}
-    for name in DRAFTS:
-        steps = sorted((work / f"ckpt-{name}").glob("step-*"))
-        curve[name] = []
-        for step_dir in steps:
-            if time.time() > deadline:
-                log("deadline: curve cut short")
+    out = work / f"template-{name}"
+    if not (out / "config.json").is_file():
+        cfg = JobConfig.from_file(work / f"trainer-{name}.yaml")
+        model = build_draft_model(a.model, cfg.draft, seed=0, target_layer_ids=target_layer_ids(cfg, a.model),
+                                  strict_init_from=False)
+        export_draft(model, out, dtype=torch.bfloat16, include_frozen=False)
+    return out
+
+
+def _steps(work: Path, name: str) -> list[Path]:
+    return sorted((work / f"ckpt-{name}").glob("step-*"), key=lambda d: int(d.name.split("-")[1]))
+
+
+def stage_curve(a: argparse.Namespace, res: Results, deadline: float) -> None:
+    """Real decoding (T=0, held-out ShareGPT) of every training checkpoint of both drafts. Resumes from the
+    points already in ``results.json``. With ``--curve-watch`` (started by the train stage) it measures each
+    checkpoint as it appears, into ``curve-watch.json``, and ends once both final drafts are exported and
+    measured."""
+    work = Path(a.workdir)
+    if a.curve_watch:
+        res = Results(Path(a.results) / "curve-watch.json")
+    curve: dict[str, list[dict[str, Any]]] = {k: list(v) for k, v in (res.data.get("curve") or {}).items()}
+    ev = None
+    last: dict[str, float] = {}
+    while True:
+        done = {(n, p["step"]) for n, pts in curve.items() for p in pts}
+        todo = [(name, d) for name in DRAFTS for d in _steps(work, name)
+                if (name, int(d.name.split("-")[1])) not in done]
+        if not todo:
+            finished = all((work / f"draft-{n}" / "config.json").is_file() for n in DRAFTS)
+            if not a.curve_watch or finished:
                 break
-            draft = ev.load_draft(work / f"draft-{name}", step_dir)
-            r = ev.evaluate(draft, name, "sharegpt", a.curve_prompts, 0.0)
-            step = int(step_dir.name.split("-")[1])
-            curve[name].append({"step": step, "tau": r.tau, "accept_rate": r.accept_rate})
-            log(f"curve {name} step {step}: tau {r.tau:.3f}")
-            res.put("curve", curve)
+            if time.time() > deadline:
+                log("deadline: curve watcher stops")
+                break
+            time.sleep(3)
+            continue
+        # one checkpoint of each draft in turn (earliest first), so a deadline leaves points of both drafts
+        name, step_dir = min(todo, key=lambda t: (int(t[1].name.split("-")[1]), DRAFTS.index(t[0])))
+        need = last.get(name, a.curve_estimate)
+        if time.time() + need > deadline:
+            log(f"deadline: curve cut short before {name} {step_dir.name} (needs ~{need:.0f}s)")
+            break
+        if ev is None:
+            ev = _evaluator(a, a.eval_batch, a.curve_tokens)
+            ev.options.confidence_threshold = 0.0
+        t0 = time.perf_counter()
+        final = work / f"draft-{name}"
+        base = final if (final / "config.json").is_file() else _template_draft(a, name)
+        draft = ev.load_draft(base, step_dir)
+        r = ev.evaluate(draft, name, "sharegpt", a.curve_prompts, 0.0)
+        step = int(step_dir.name.split("-")[1])
+        last[name] = 1.3 * (time.perf_counter() - t0)
+        curve.setdefault(name, []).append({"step": step, "tau": r.tau, "accept_rate": r.accept_rate,
+                                           "num_prompts": r.num_prompts, "max_new_tokens": r.max_new_tokens,
+                                           "greedy_match": r.greedy_match, "architecture_from": base.name,
+                                           "seconds": round(time.perf_counter() - t0, 1)})
+        curve[name].sort(key=lambda p: p["step"])
+        log(f"curve {name} step {step}: tau {r.tau:.3f} ({time.perf_counter() - t0:.0f}s, {base.name})")
+        res.put("curve", curve)
+        del draft
+    # the template must describe the same draft as the trainer's export (else its points are not comparable)
+    for name in DRAFTS:
+        tpl, final = work / f"template-{name}" / "config.json", work / f"draft-{name}" / "config.json"
+        if tpl.is_file() and final.is_file():
+            same = json.loads(tpl.read_text()) == json.loads(final.read_text())
+            res.put(f"template_matches_export_{name}", same)
+            log(f"template config of {name} {'matches' if same else 'DIFFERS from'} the trainer's export")
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, float]:
+    return (r["draft"], r["prompt_set"], float(r["temperature"]))
 
 
 def stage_eval(a: argparse.Namespace, res: Results, deadline: float) -> None:
+    """Batched evaluation of the final drafts, then batch-1 speed. Resumes: rows already in ``results.json``
+    are kept and not run again. An evaluation is started only if the time the last one of the same draft and
+    temperature took (``--eval-estimate`` before any) still fits before the deadline; the first that does not
+    fit ends the stage, so the rows run in a fixed order and a later call picks up where this one stopped."""
     from dspark_trainer.eval import format_table
 
     work = Path(a.workdir)
-    reports = []
+    reports: list[dict[str, Any]] = list(res.data.get("eval_batched") or [])
+    speed: list[dict[str, Any]] = list(res.data.get("eval_batch1") or [])
+    have = {_key(r) for r in reports}
+    sets = [s for s in a.eval_sets.split(",") if s]
+    late = [s for s in a.late_sets.split(",") if s]
+    # Temperature 0 on every set first, so a deadline still leaves a row of each set and both drafts.
+    plan = [(name, ps, t) for t in (0.0, 1.0) for ps in sets for name in DRAFTS if (name, ps, t) not in have]
+    late_plan = [(name, ps, t) for t in (0.0, 1.0) for ps in late for name in DRAFTS if (name, ps, t) not in have]
+    speed_plan = [name for name in DRAFTS if (name, "mt-bench", 0.0) not in {_key(r) for r in speed}]
+    cut = _batched(a, res, reports, plan, deadline)
+    if reports:
+        log("\n" + format_table([_report(r) for r in reports]))
+    if speed_plan and not cut:
+        ev1 = _evaluator(a, 1, a.eval_tokens)
+        for name in speed_plan:
+            if time.time() + a.speed_estimate > deadline:
+                log(f"deadline: batch-1 speed skipped for {name}")
+                break
+            t0 = time.perf_counter()
+            draft = ev1.load_draft(work / f"draft-{name}")
+            r = ev1.evaluate(draft, name, "mt-bench", a.speed_prompts, 0.0)
+            r.extra["seconds"] = round(time.perf_counter() - t0, 1)
+            speed.append(r.to_json())
+            log(f"batch-1 {name}: tau {r.tau:.3f} target {r.target_tokens_per_second:.1f} tok/s spec "
+                f"{r.spec_tokens_per_second:.1f} tok/s speedup {r.speedup:.2f} ({r.extra['seconds']:.0f}s)")
+            res.put("eval_batch1", speed)
+    if late_plan and not cut:
+        _batched(a, res, reports, late_plan, deadline)
+    (Path(a.results) / "eval_table.txt").write_text(format_table([_report(r) for r in reports]) + "\n\n"
+                                                    + format_table([_report(r) for r in speed]) + "\n")
+
+
+def _batched(a: argparse.Namespace, res: Results, reports: list[dict[str, Any]],
+             plan: list[tuple[str, str, float]], deadline: float) -> bool:
+    """Run ``plan`` (draft, prompt set, temperature) in order, appending to ``reports``; True if cut short."""
+    if not plan:
+        return False
+    work = Path(a.workdir)
     ev = _evaluator(a, a.eval_batch, a.eval_tokens)
     drafts = {name: ev.load_draft(work / f"draft-{name}") for name in DRAFTS}
-    # Temperature 0 on every set first, so a deadline still leaves a row of each set and both drafts.
-    for temp in (0.0, 1.0):
-        for prompt_set in ("mt-bench", "humaneval", "sharegpt"):
-            for name, draft in drafts.items():
-                if time.time() > deadline:
-                    log("deadline: evaluation cut short")
-                    break
-                r = ev.evaluate(draft, name, prompt_set, a.eval_prompts, temp)
-                reports.append(r.to_json())
-                log(f"eval {name} {prompt_set} T={temp:g}: tau {r.tau:.3f} speedup {r.speedup:.2f}")
-                res.put("eval_batched", reports)
-    table = format_table([_report(r) for r in reports])
-    log("\n" + table)
-    speed = []
-    ev1 = _evaluator(a, 1, a.eval_tokens)
-    for name in DRAFTS:
-        if time.time() > deadline:
-            break
-        draft = ev1.load_draft(work / f"draft-{name}")
-        r = ev1.evaluate(draft, name, "mt-bench", a.speed_prompts, 0.0)
-        speed.append(r.to_json())
-        log(f"batch-1 {name}: tau {r.tau:.3f} target {r.target_tokens_per_second:.1f} tok/s spec "
-            f"{r.spec_tokens_per_second:.1f} tok/s speedup {r.speedup:.2f}")
-        res.put("eval_batch1", speed)
-    (Path(a.results) / "eval_table.txt").write_text(table + "\n\n" + format_table([_report(r) for r in speed]) + "\n")
+    last: dict[tuple[str, float], float] = {}
+    for name, prompt_set, temp in plan:
+        need = last.get((name, temp), a.eval_estimate)
+        if time.time() + need > deadline:
+            log(f"deadline: evaluation cut short before {name} {prompt_set} T={temp:g} (needs ~{need:.0f}s)")
+            return True
+        t0 = time.perf_counter()
+        r = ev.evaluate(drafts[name], name, prompt_set, a.eval_prompts, temp)
+        sec = time.perf_counter() - t0
+        # the first draft of each set also pays for that set's target-only baseline (shared with the second)
+        last[(name, temp)] = 1.25 * sec
+        r.extra["seconds"] = round(sec, 1)
+        reports.append(r.to_json())
+        log(f"eval {name} {prompt_set} T={temp:g}: tau {r.tau:.3f} speedup {r.speedup:.2f} ({sec:.0f}s)")
+        res.put("eval_batched", reports)
+    return False
 
 
 def _report(d: dict[str, Any]) -> Any:
@@ -198,12 +317,18 @@ def stage_plot(a: argparse.Namespace, res: Results) -> None:
     for name, points in curve.items():
         ax.plot([p["step"] for p in points], [p["tau"] for p in points], "o-", label=name)
     ax.set_xlabel("training step")
+    n = next(iter(curve.values()))[0] if any(curve.values()) else {}
     ax.set_ylabel("tau (real speculative decoding, T=0)")
-    ax.set_title("held-out ShareGPT, SmolLM2-135M-Instruct target")
+    ax.set_title(f"held-out ShareGPT ({n.get('num_prompts', '?')} prompts, {n.get('max_new_tokens', '?')} tokens), "
+                 "SmolLM2-135M-Instruct", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(Path(a.results) / "tau_vs_steps.png", dpi=120)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
 
 
 def main() -> int:
@@ -234,11 +359,29 @@ def main() -> int:
     p.add_argument("--eval-batch", type=int, default=16)
     p.add_argument("--speed-prompts", type=int, default=6)
     p.add_argument("--confidence-threshold", type=float, default=0.5)
+    p.add_argument("--eval-sets", default="mt-bench,humaneval,sharegpt")
+    p.add_argument("--late-sets", default="", help="prompt sets evaluated after the batch-1 runs")
+    p.add_argument("--curve-during-train", action="store_true",
+                   help="measure each checkpoint while training runs (a second process on the GPU)")
+    p.add_argument("--curve-watch", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--eval-estimate", type=float, default=75.0,
+                   help="seconds budgeted for the first evaluation of a draft and temperature (deadline check)")
+    p.add_argument("--speed-estimate", type=float, default=60.0, help="seconds budgeted per batch-1 run")
+    p.add_argument("--curve-estimate", type=float, default=40.0, help="seconds budgeted per curve point")
     a = p.parse_args()
-    deadline = time.time() + a.deadline
+    deadline = a.deadline_at if a.deadline_at is not None else time.time() + a.deadline
+    a.deadline_at = deadline
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     res = Results(Path(a.results) / "results.json")
-    res.put("settings", {k: v for k, v in vars(a).items() if k not in ("deadline",)})
+    if a.curve_watch:
+        Path(a.workdir).mkdir(parents=True, exist_ok=True)
+        stage_curve(a, Results(Path(a.results) / "curve-watch.json"), deadline)
+        return 0
+    settings = {k: v for k, v in vars(a).items() if k not in ("deadline", "deadline_at", "curve_watch")}
+    if res.data.get("settings") and res.data["settings"] != settings:
+        res.put("settings_before", res.data["settings"])  # a resumed run with other flags: keep both
+    res.put("settings", settings)
     stages = a.stages.split(",")
     for stage in ("data", "train", "eval", "curve", "plot"):
         if stage not in stages:
@@ -251,14 +394,17 @@ def main() -> int:
         if stage == "data":
             stage_data(a, res)
         elif stage == "train":
-            stage_train(a, res)
+            if not stage_train(a, res):
+                log("training failed: stopping (see the train-*.log files)")
+                return 1
         elif stage == "curve":
             stage_curve(a, res, deadline)
         elif stage == "eval":
             stage_eval(a, res, deadline)
         else:
             stage_plot(a, res)
-        res.put(f"seconds_{stage}", round(time.perf_counter() - t0, 1))
+        # one entry per call that ran the stage (a resumed stage adds one)
+        res.put(f"seconds_{stage}", [*_as_list(res.data.get(f"seconds_{stage}")), round(time.perf_counter() - t0, 1)])
     return 0
 
 
