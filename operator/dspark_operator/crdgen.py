@@ -13,13 +13,10 @@ objects with defaults get `default: {}` (so the API server fills in their defaul
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from dspark_operator.api.job import (
     MAX_JOB_NAME_LENGTH,
@@ -32,6 +29,7 @@ from dspark_operator.api.paths import ABSOLUTE_DIR, RELATIVE_DIR, cel_mount_path
 from dspark_operator.api.spec import LABEL_VALUE, NAMED, DSparkTrainingJobSpec
 from dspark_operator.api.status import DSparkTrainingJobStatus
 from dspark_operator.constants import CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from dspark_operator.generated import dump_yaml, generated_file_main
 
 Schema = dict[str, Any]
 Path_ = tuple[str, ...]
@@ -684,31 +682,15 @@ def build_crd() -> Schema:
 
 def render() -> str:
     """The CRD as YAML text (deterministic)."""
-    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=110, allow_unicode=False)
+    return HEADER + dump_yaml(build_crd())
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m dspark_operator.crdgen", description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="write the CRD file")
-    group.add_argument("--check", action="store_true", help="exit 1 when the CRD file is out of date")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"CRD file (default {DEFAULT_OUTPUT})")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-        print(f"wrote {args.output}")
-        return 0
-    if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is out of date; run: python -m dspark_operator.crdgen --write", file=sys.stderr)
-            return 1
-        return 0
-    sys.stdout.write(text)
-    return 0
+    return generated_file_main(
+        argv, module="dspark_operator.crdgen", description=__doc__.split("\n")[0], what="the CRD file",
+        output_label="CRD file", default_output=DEFAULT_OUTPUT, render=render,
+    )
 
 
 if __name__ == "__main__":

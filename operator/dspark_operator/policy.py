@@ -15,16 +15,14 @@ The Helm chart ships it as templates/trainer-status-policy.yaml, generated here:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dspark_operator.api.status import OPERATOR_STATUS_FIELDS
 from dspark_operator.builders.common import child_names
 from dspark_operator.constants import GROUP, PLURAL
+from dspark_operator.generated import dump_yaml, generated_file_main
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "dspark-operator"
 TEMPLATE = CHART / "templates" / "trainer-status-policy.yaml"
@@ -79,16 +77,12 @@ def policy_spec() -> dict[str, Any]:
     }
 
 
-def _dump(obj: Any) -> str:
-    return str(yaml.safe_dump(obj, sort_keys=False, width=110))
-
-
 def render_template() -> str:
     """The Helm template (policy and binding), enabled by `trainerStatusPolicy.enabled`."""
     name = '{{ include "dspark-operator.fullname" . }}-trainer-status'
     labels = '    {{- include "dspark-operator.labels" . | nindent 4 }}\n'
-    policy = _dump({"spec": policy_spec()})
-    binding = _dump({"spec": {"policyName": "__NAME__", "validationActions": ["Deny"]}}).replace("__NAME__", name)
+    policy = dump_yaml({"spec": policy_spec()})
+    binding = dump_yaml({"spec": {"policyName": "__NAME__", "validationActions": ["Deny"]}}).replace("__NAME__", name)
     return (
         HEADER
         + "{{- if .Values.trainerStatusPolicy.enabled }}\n"
@@ -107,24 +101,10 @@ def render_template() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m dspark_operator.policy", description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="write the chart template")
-    group.add_argument("--check", action="store_true", help="exit 1 when the chart template is out of date")
-    parser.add_argument("--output", type=Path, default=TEMPLATE, help=f"template file (default {TEMPLATE})")
-    args = parser.parse_args(argv)
-    text = render_template()
-    if args.write:
-        args.output.write_text(text)
-        print(f"wrote {args.output}")
-        return 0
-    if args.check:
-        if not args.output.exists() or args.output.read_text() != text:
-            print(f"{args.output} is out of date; run: python -m dspark_operator.policy --write", file=sys.stderr)
-            return 1
-        return 0
-    sys.stdout.write(text)
-    return 0
+    return generated_file_main(
+        argv, module="dspark_operator.policy", description=__doc__.split("\n")[0], what="the chart template",
+        output_label="template file", default_output=TEMPLATE, render=render_template,
+    )
 
 
 if __name__ == "__main__":
