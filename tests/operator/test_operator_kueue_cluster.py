@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from dspark_trainer.local.tiny_model import make_tiny_qwen3_target
 from dspark_trainer.util.net import free_port
+from dspark_trainer.util.polling import poll_until
 from harness.cluster import LocalCluster
 from harness.kueue import KueueProcess
 from harness.process_kubelet import ProcessKubelet
@@ -100,6 +101,11 @@ def queued_job(ns: str, name: str, priority: str) -> tuple[dict[str, Any], int]:
     body["spec"].pop("evaluation")
     body["spec"]["scheduling"].update({"queueName": LOCAL_QUEUE, "priorityClassName": priority})
     return body, port
+
+
+def workload_finished(workload: dict[str, Any]) -> bool:
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Finished" and c["status"] == "True" for c in conditions)
 
 
 class Tracker:
@@ -211,11 +217,12 @@ def test_kueue_admits_whole_gangs_within_quota_and_preemption_checkpoints_and_re
             assert status.get("restarts", 0) == 0, (name, status)
         log = kubelet.log_tail(namespaces["low"], "low-trainer-0", "trainer", lines=400)
         assert "resum" in log.lower(), log[-2000:]
-        # Kueue holds no quota for finished jobs.
+        # Kueue holds no quota for finished jobs (a Workload is Finished once its job's pods are gone).
         for name, ns in namespaces.items():
-            wl = env.get(f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/workloads/{name}-gang") or {}
-            finished = [c for c in (wl.get("status") or {}).get("conditions") or [] if c["type"] == "Finished"]
-            assert finished and finished[0]["status"] == "True", (name, wl.get("status"))
+            path = f"/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/workloads/{name}-gang"
+            poll_until(lambda path=path: workload_finished(env.get(path) or {}), timeout=TIMEOUT,
+                       what=f"the Workload of {name} to be Finished", interval=0.5,
+                       on_timeout=lambda path=path: json.dumps((env.get(path) or {}).get("status")))
         print(f"\nphases: {tracker.phases}; low preempted: {preempted['message']}; "
               f"took {time.monotonic() - tracker.t0:.0f}s")
     finally:
