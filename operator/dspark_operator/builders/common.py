@@ -235,6 +235,48 @@ def pod_template(
     return merge_pod_override({"metadata": {"labels": workload_labels(ctx, component)}, "spec": spec}, override)
 
 
+def workload(
+    ctx: BuildContext, kind: str, name: str, component: str, *, replicas: int, template: dict[str, Any], **spec: Any
+) -> Manifest:
+    """The apps/v1 ``kind`` (Deployment, StatefulSet) ``name`` of ``component``: ``replicas``, the other ``spec``
+    fields, the component's selector and the pod ``template``; hashed."""
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "metadata": metadata(ctx, name, component, workload=True),
+            "spec": {
+                "replicas": replicas,
+                **spec,
+                "selector": {"matchLabels": selector_labels(ctx, component)},
+                "template": template,
+            },
+        }
+    )
+
+
+def service(ctx: BuildContext, name: str, component: str, ports: list[dict[str, Any]], **spec: Any) -> Manifest:
+    """The Service ``name`` of ``component``'s pods: the given ``spec`` fields, the selector and ``ports``; hashed."""
+    return with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(ctx, name, component),
+            "spec": {**spec, "selector": selector_labels(ctx, component), "ports": ports},
+        }
+    )
+
+
+def container_port(name: str, port: int) -> dict[str, Any]:
+    """A named TCP container port."""
+    return {"name": name, "containerPort": port, "protocol": "TCP"}
+
+
+def service_port(name: str, port: int) -> dict[str, Any]:
+    """A TCP Service port onto the container port of the same name."""
+    return {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
+
+
 def merge_pod_override(template: Mapping[str, Any], override: PodTemplateOverride | None) -> dict[str, Any]:
     """`template` with a role's partial pod template merged (a new dict). Additive: labels and annotations are
     added (the operator's labels win), volumes appended, envFrom and volumeMounts appended to the container of the

@@ -29,15 +29,16 @@ from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
     config_volume,
+    container_port,
     container_resources,
     hf_token_env,
     job_env,
-    metadata,
     models_volume,
     pod_template,
     security_context,
-    selector_labels,
-    with_hash,
+    service,
+    service_port,
+    workload,
 )
 from dspark_operator.constants import COMPONENT_INFERENCE
 
@@ -138,39 +139,25 @@ def build_inference_deployment(ctx: BuildContext, *, replicas: int | None = None
         # The capture-server role reads the job config and starts inference.engine (SGLang or reference).
         "command": [*CAPTURE_COMMAND, "--config", JOB_CONFIG_PATH],
         "env": env,
-        "ports": [{"name": "http", "containerPort": inf.port, "protocol": "TCP"}],
+        "ports": [container_port("http", inf.port)],
         "resources": container_resources(ctx, inf.resources, gpus=gpus, rdma=ctx.rdma),
         "securityContext": security_context(rdma=ctx.rdma),
         "volumeMounts": volume_mounts,
         **inference_probes(ctx),
     }
-    return with_hash(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": metadata(ctx, ctx.names.inference, COMPONENT_INFERENCE, workload=True),
-            "spec": {
-                "replicas": inf.replicas if replicas is None else replicas,
-                "selector": {"matchLabels": selector_labels(ctx, COMPONENT_INFERENCE)},
-                "template": pod_template(
-                    ctx, COMPONENT_INFERENCE, containers=[container], volumes=volumes, override=inf.pod_template
-                ),
-            },
-        }
+    return workload(
+        ctx,
+        "Deployment",
+        ctx.names.inference,
+        COMPONENT_INFERENCE,
+        replicas=inf.replicas if replicas is None else replicas,
+        template=pod_template(
+            ctx, COMPONENT_INFERENCE, containers=[container], volumes=volumes, override=inf.pod_template
+        ),
     )
 
 
 def build_inference_service(ctx: BuildContext) -> Manifest:
     """ClusterIP Service the trainer ranks send capture requests to."""
-    return with_hash(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": metadata(ctx, ctx.names.inference, COMPONENT_INFERENCE),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": selector_labels(ctx, COMPONENT_INFERENCE),
-                "ports": [{"name": "http", "port": ctx.spec.inference.port, "targetPort": "http", "protocol": "TCP"}],
-            },
-        }
-    )
+    ports = [service_port("http", ctx.spec.inference.port)]
+    return service(ctx, ctx.names.inference, COMPONENT_INFERENCE, ports, type="ClusterIP")

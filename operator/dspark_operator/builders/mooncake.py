@@ -11,12 +11,13 @@ from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
     config_volume,
+    container_port,
     container_resources,
-    metadata,
     pod_template,
     security_context,
-    selector_labels,
-    with_hash,
+    service,
+    service_port,
+    workload,
 )
 from dspark_operator.constants import (
     COMPONENT_MOONCAKE,
@@ -24,6 +25,13 @@ from dspark_operator.constants import (
     MOONCAKE_METRICS_PORT,
     MOONCAKE_RPC_PORT,
 )
+
+MOONCAKE_PORTS = (
+    ("rpc", MOONCAKE_RPC_PORT),
+    ("http-metadata", MOONCAKE_METADATA_PORT),
+    ("metrics", MOONCAKE_METRICS_PORT),
+)
+"""The master's named ports: its container's and its Service's."""
 
 
 def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manifest:
@@ -38,58 +46,31 @@ def build_mooncake_deployment(ctx: BuildContext, *, replicas: int = 1) -> Manife
         "command": ["dspark", "mooncake-master", "--config", JOB_CONFIG_PATH],
         "env": [{"name": JOB_CONFIG_ENV, "value": JOB_CONFIG_PATH}],
         "volumeMounts": [config_mount],
-        "ports": [
-            {"name": "rpc", "containerPort": MOONCAKE_RPC_PORT, "protocol": "TCP"},
-            {"name": "http-metadata", "containerPort": MOONCAKE_METADATA_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": MOONCAKE_METRICS_PORT, "protocol": "TCP"},
-        ],
+        "ports": [container_port(name, port) for name, port in MOONCAKE_PORTS],
         "readinessProbe": {"tcpSocket": {"port": "rpc"}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"tcpSocket": {"port": "rpc"}, "periodSeconds": 10, "failureThreshold": 6},
         "securityContext": security_context(rdma=False),
     }
     if resources:
         container["resources"] = resources
-    return with_hash(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": metadata(ctx, ctx.names.mooncake, COMPONENT_MOONCAKE, workload=True),
-            "spec": {
-                "replicas": replicas,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": selector_labels(ctx, COMPONENT_MOONCAKE)},
-                "template": pod_template(
-                    ctx,
-                    COMPONENT_MOONCAKE,
-                    containers=[container],
-                    volumes=[config_vol],
-                    override=ctx.spec.transport.master_pod_template,
-                ),
-            },
-        }
+    return workload(
+        ctx,
+        "Deployment",
+        ctx.names.mooncake,
+        COMPONENT_MOONCAKE,
+        replicas=replicas,
+        strategy={"type": "Recreate"},
+        template=pod_template(
+            ctx,
+            COMPONENT_MOONCAKE,
+            containers=[container],
+            volumes=[config_vol],
+            override=ctx.spec.transport.master_pod_template,
+        ),
     )
 
 
 def build_mooncake_service(ctx: BuildContext) -> Manifest:
     """ClusterIP Service of the Mooncake master."""
-    return with_hash(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": metadata(ctx, ctx.names.mooncake, COMPONENT_MOONCAKE),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": selector_labels(ctx, COMPONENT_MOONCAKE),
-                "ports": [
-                    {"name": "rpc", "port": MOONCAKE_RPC_PORT, "targetPort": "rpc", "protocol": "TCP"},
-                    {
-                        "name": "http-metadata",
-                        "port": MOONCAKE_METADATA_PORT,
-                        "targetPort": "http-metadata",
-                        "protocol": "TCP",
-                    },
-                    {"name": "metrics", "port": MOONCAKE_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
-                ],
-            },
-        }
-    )
+    ports = [service_port(name, port) for name, port in MOONCAKE_PORTS]
+    return service(ctx, ctx.names.mooncake, COMPONENT_MOONCAKE, ports, type="ClusterIP")

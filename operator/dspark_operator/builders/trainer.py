@@ -17,15 +17,16 @@ from dspark_operator.builders.common import (
     BuildContext,
     Manifest,
     config_volume,
+    container_port,
     container_resources,
     hf_token_env,
     job_env,
-    metadata,
     models_volume,
     pod_template,
     security_context,
-    selector_labels,
-    with_hash,
+    service,
+    service_port,
+    workload,
 )
 from dspark_operator.constants import (
     COMPONENT_TRAINER,
@@ -99,6 +100,14 @@ def trainer_script(ctx: BuildContext) -> str:
     )
 
 
+def trainer_ports(ctx: BuildContext) -> list[tuple[str, int]]:
+    """The trainer pods' named ports (their container's and the headless Service's): rendezvous, metrics if on."""
+    ports = [("rdzv", TRAINER_RDZV_PORT)]
+    if ctx.spec.metrics.enabled:
+        ports.append(("metrics", ctx.spec.metrics.port))
+    return ports
+
+
 def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None) -> Manifest:
     """The trainer StatefulSet (replicas = nodes, or 0 when the job is scaled down)."""
     tr = ctx.spec.trainer
@@ -141,60 +150,39 @@ def build_trainer_statefulset(ctx: BuildContext, *, replicas: int | None = None)
         # Group-readable: the trainer runs as non-root with the pod's fsGroup.
         volumes.append({"name": "publish-credentials",
                         "secret": {"secretName": tr.export.credentials_secret, "defaultMode": 0o440}})
-    ports = [{"name": "rdzv", "containerPort": TRAINER_RDZV_PORT, "protocol": "TCP"}]
-    if ctx.spec.metrics.enabled:
-        ports.append({"name": "metrics", "containerPort": ctx.spec.metrics.port, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "trainer",
         "image": tr.image or ctx.trainer_image,
         "command": ["/bin/sh", "-c", trainer_script(ctx)],
         "env": env,
-        "ports": ports,
+        "ports": [container_port(name, port) for name, port in trainer_ports(ctx)],
         "resources": container_resources(ctx, tr.resources, gpus=tr.gpus_per_node, rdma=ctx.rdma),
         "securityContext": security_context(rdma=ctx.rdma),
         "volumeMounts": volume_mounts,
     }
-    return with_hash(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": metadata(ctx, ctx.names.trainer, COMPONENT_TRAINER, workload=True),
-            "spec": {
-                "replicas": tr.nodes if replicas is None else replicas,
-                "serviceName": ctx.names.trainer,
-                "podManagementPolicy": "Parallel",
-                "updateStrategy": {"type": "OnDelete"},
-                "selector": {"matchLabels": selector_labels(ctx, COMPONENT_TRAINER)},
-                "template": pod_template(
-                    ctx,
-                    COMPONENT_TRAINER,
-                    containers=[container],
-                    volumes=volumes,
-                    override=tr.pod_template,
-                    service_account=ctx.names.service_account,
-                    restartPolicy="Always",
-                    terminationGracePeriodSeconds=tr.termination_grace_period_seconds,
-                ),
-            },
-        }
+    return workload(
+        ctx,
+        "StatefulSet",
+        ctx.names.trainer,
+        COMPONENT_TRAINER,
+        replicas=tr.nodes if replicas is None else replicas,
+        serviceName=ctx.names.trainer,
+        podManagementPolicy="Parallel",
+        updateStrategy={"type": "OnDelete"},
+        template=pod_template(
+            ctx,
+            COMPONENT_TRAINER,
+            containers=[container],
+            volumes=volumes,
+            override=tr.pod_template,
+            service_account=ctx.names.service_account,
+            restartPolicy="Always",
+            terminationGracePeriodSeconds=tr.termination_grace_period_seconds,
+        ),
     )
 
 
 def build_trainer_service(ctx: BuildContext) -> Manifest:
     """Headless Service giving each trainer pod a stable DNS name (also before it is ready)."""
-    ports = [{"name": "rdzv", "port": TRAINER_RDZV_PORT, "targetPort": "rdzv", "protocol": "TCP"}]
-    if ctx.spec.metrics.enabled:
-        ports.append({"name": "metrics", "port": ctx.spec.metrics.port, "targetPort": "metrics", "protocol": "TCP"})
-    return with_hash(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": metadata(ctx, ctx.names.trainer, COMPONENT_TRAINER),
-            "spec": {
-                "clusterIP": "None",
-                "publishNotReadyAddresses": True,
-                "selector": selector_labels(ctx, COMPONENT_TRAINER),
-                "ports": ports,
-            },
-        }
-    )
+    ports = [service_port(name, port) for name, port in trainer_ports(ctx)]
+    return service(ctx, ctx.names.trainer, COMPONENT_TRAINER, ports, clusterIP="None", publishNotReadyAddresses=True)
