@@ -78,6 +78,9 @@ def _check_quantity(value: int | str) -> int | str:
 DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
 """The name of a Secret, PersistentVolumeClaim, PriorityClass, scheduler, ... (a DNS-1123 subdomain)."""
 
+ImageRef = Annotated[str, Field(min_length=1, max_length=1024)]
+"""A container image reference (registry/repository:tag or @digest)."""
+
 Quantity = Annotated[
     int | str,
     AfterValidator(_check_quantity),
@@ -156,10 +159,8 @@ class RegenerateSpec(RegenerateSettings):
             "the regenerated dataset; the trainer's dataset.path. A rerun resumes it; a finished one is reused."
         ),
     )
-    image: str | None = Field(
+    image: ImageRef | None = Field(
         None,
-        min_length=1,
-        max_length=1024,
         description="Image with dspark and Ray for the Job. Default: trainer.image, else the operator's trainer image.",
     )
     concurrency_per_replica: int = Field(
@@ -252,10 +253,8 @@ class InferenceSpec(InferenceConfig):
     """The capture servers that run the target and capture its hidden states into Mooncake (SGLang with the
     dspark plugin, or the reference server); engine, port and serving options are the job config's."""
 
-    image: str | None = Field(
+    image: ImageRef | None = Field(
         None,
-        min_length=1,
-        max_length=1024,
         description=(
             "Image of the capture servers (SGLang with dspark for engine sglang; the trainer image serves the "
             "reference engine). Default: the operator's serving image (sglang) or trainer image (reference)."
@@ -380,10 +379,8 @@ class OutputSpec(ConfigModel):
 class TrainerSpec(ConfigModel):
     """The torchrun FSDP2 trainer: a StatefulSet with one pod per node."""
 
-    image: str | None = Field(
+    image: ImageRef | None = Field(
         None,
-        min_length=1,
-        max_length=1024,
         description="Trainer image. Default: the operator's configured trainer image.",
     )
     nodes: int = Field(1, ge=1, le=1024, description="Trainer pods (torchrun --nnodes).")
@@ -437,10 +434,8 @@ class TransportSpec(TransportSettings):
         description="Extended resource that grants RDMA devices to a pod (e.g. rdma/hca, rdma/ib); protocol rdma.",
     )
     rdma_resource_count: int = Field(1, ge=1, le=64, description="How many of rdmaResourceName each pod requests.")
-    master_image: str | None = Field(
+    master_image: ImageRef | None = Field(
         None,
-        min_length=1,
-        max_length=1024,
         description="Image with mooncake_master for the master Deployment. Default: the trainer image.",
     )
     master_resources: ResourceRequirements = Field(
