@@ -89,6 +89,16 @@ def _row_buffers(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     return ce, tv, correct
 
 
+def _chunk_logits(
+    h: torch.Tensor, feats: torch.Tensor | None, lm_head: torch.Tensor, markov_w2: torch.Tensor | None,
+    target_hidden: torch.Tensor | None, start: int, end: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float32 draft logits of rows ``start:end`` and the target's logits of the same rows (None: no target)."""
+    logits = draft_logits(h[start:end], None if feats is None else feats[start:end], lm_head, markov_w2)
+    t_logits = None if target_hidden is None else _mm_f32(target_hidden[start:end], lm_head)
+    return logits, t_logits
+
+
 @dataclass
 class _InputGrads:
     """Gradients of ``logits = h @ lm_head^T + feats @ markov_w2^T`` for its inputs (None: not needed);
@@ -156,6 +166,9 @@ def vocab_terms_reference(
 
 
 class _ChunkedVocabTerms(torch.autograd.Function):
+    """Forward: the per-row terms chunk by chunk, nothing ``[N, V]`` kept. Backward: recomputes each chunk's
+    logits and takes the upstream ``g_ce`` / ``g_tv`` as the per-row coefficients of ``_row_terms``."""
+
     @staticmethod
     def forward(
         ctx: Any,
@@ -170,19 +183,10 @@ class _ChunkedVocabTerms(torch.autograd.Function):
         ce, tv, correct = _row_buffers(h.shape[0], h.device)
         with torch.no_grad():
             for s, e in _chunks(h.shape[0], chunk_size):
-                logits = draft_logits(h[s:e], None if feats is None else feats[s:e], lm_head, markov_w2)
-                lse = torch.logsumexp(logits, dim=-1)
-                lab = labels[s:e]
-                ce[s:e] = lse - logits.gather(1, lab.view(-1, 1)).squeeze(1)
-                correct[s:e] = logits.argmax(dim=-1) == lab
-                if target_hidden is not None:
-                    p = logits.sub_(lse.unsqueeze(1)).exp_()
-                    pt = target_probs(target_hidden[s:e], lm_head)
-                    tv[s:e] = pt.sub_(p).abs_().sum(dim=-1)
-                del logits
+                logits, t_logits = _chunk_logits(h, feats, lm_head, markov_w2, target_hidden, s, e)
+                ce[s:e], tv[s:e], correct[s:e], _ = _row_terms(logits, t_logits, None, labels[s:e], None, torch.float32)
+                del logits, t_logits
         ctx.chunk_size = chunk_size
-        ctx.has_feats = feats is not None
-        ctx.has_target = target_hidden is not None
         ctx.save_for_backward(h, feats, lm_head, markov_w2, labels, target_hidden)
         ctx.mark_non_differentiable(correct)
         return ce, tv, correct
@@ -195,23 +199,12 @@ class _ChunkedVocabTerms(torch.autograd.Function):
         grads = _InputGrads.allocate(ctx.needs_input_grad, h, feats, lm_head, markov_w2)
         with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
             for s, e in _chunks(h.shape[0], ctx.chunk_size):
-                logits = draft_logits(h[s:e], None if feats is None else feats[s:e], lm_head, markov_w2)
-                p = torch.softmax(logits, dim=-1)
-                del logits
-                gce = g_ce[s:e].float()
-                # d ce / d logits = p - onehot(label)
-                grad_logits = p * gce.unsqueeze(1)
-                rows = torch.arange(e - s, device=h.device)
-                grad_logits[rows, labels[s:e]] -= gce
-                if target_hidden is not None:
-                    # d tv / d logits = p * (sign(p - pt) - sum_v p * sign(p - pt))
-                    sgn = target_probs(target_hidden[s:e], lm_head).neg_().add_(p).sign_()
-                    mean_sgn = (p * sgn).sum(dim=-1, keepdim=True)
-                    sgn.sub_(mean_sgn).mul_(p).mul_(g_tv[s:e].float().unsqueeze(1))
-                    grad_logits.add_(sgn)
-                    del sgn
-                del p
-                grads.add_chunk(grad_logits, s, e, h, feats, lm_head, markov_w2, float32_weights=True)
+                logits, t_logits = _chunk_logits(h, feats, lm_head, markov_w2, target_hidden, s, e)
+                coefs = (g_ce[s:e].float(), g_tv[s:e].float())
+                *_, grad_logits = _row_terms(logits, t_logits, None, labels[s:e], coefs, torch.float32)
+                del logits, t_logits
+                if grad_logits is not None:
+                    grads.add_chunk(grad_logits, s, e, h, feats, lm_head, markov_w2, float32_weights=True)
                 del grad_logits
         return (
             grads.h,
@@ -253,16 +246,16 @@ def _row_terms(
     t_logits: torch.Tensor | None,
     t_index: torch.Tensor | None,
     labels: torch.Tensor,
-    ce_coef: torch.Tensor,
-    tv_coef: torch.Tensor,
-    want_grad: bool,
+    coefs: tuple[torch.Tensor, torch.Tensor] | None,
     grad_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-row ``ce``, ``tv``, ``correct`` and ``d(sum ce_coef*ce + tv_coef*tv) / d logits`` of one chunk.
 
     ``logits [c, V]`` float32 draft logits; ``t_logits [u, V]`` float32 target logits and ``t_index [c]``
-    the row of ``t_logits`` for each draft row (None: row ``i`` is row ``i``). Written as plain tensor code
-    so that ``torch.compile`` fuses it into a few passes over the ``[c, V]`` buffers (eager it is ~25).
+    the row of ``t_logits`` for each draft row (None: row ``i`` is row ``i``); ``coefs`` the per-row
+    ``(ce_coef, tv_coef)`` (None: no gradient). The one home of the per-row math of both chunked paths.
+    Written as plain tensor code so that ``torch.compile`` fuses it into a few passes over the ``[c, V]``
+    buffers (eager it is ~25).
     """
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     lab = labels.view(-1, 1)
@@ -270,21 +263,22 @@ def _row_terms(
     correct = logits.argmax(dim=-1) == labels
     p = torch.exp(logits - lse)
     tv = torch.zeros_like(ce)
-    onehot = torch.arange(logits.shape[1], device=logits.device).view(1, -1) == lab
     grad = None
+    if coefs is not None:
+        # d ce / d logits = p - onehot(label)
+        onehot = torch.arange(logits.shape[1], device=logits.device).view(1, -1) == lab
+        grad = coefs[0].view(-1, 1) * (p - onehot.float())
     if t_logits is not None:
         pt = torch.softmax(t_logits, dim=-1)
         if t_index is not None:
             pt = pt[t_index]
         diff = p - pt
         tv = diff.abs().sum(dim=-1)
-        if want_grad:
+        if grad is not None and coefs is not None:
             # d tv / d logits = p * (sign(p - pt) - sum_v p * sign(p - pt))
             sgn = torch.sign(diff)
             mean_sgn = (p * sgn).sum(dim=-1, keepdim=True)
-            grad = ce_coef.view(-1, 1) * (p - onehot.float()) + tv_coef.view(-1, 1) * p * (sgn - mean_sgn)
-    elif want_grad:
-        grad = ce_coef.view(-1, 1) * (p - onehot.float())
+            grad = grad + coefs[1].view(-1, 1) * p * (sgn - mean_sgn)
     return ce, tv, correct, None if grad is None else grad.to(grad_dtype)
 
 
@@ -349,16 +343,16 @@ class _FusedVocabLossFn(torch.autograd.Function):
         computed_rows = 0
         with torch.no_grad(), torch.autocast(dev.type, enabled=False):
             for s, e in _chunks(h.shape[0], chunk_size):
-                logits = draft_logits(h[s:e], None if feats is None else feats[s:e], lm_head, markov_w2)
-                t_logits = t_index = None
+                logits, t_logits = _chunk_logits(h, feats, lm_head, markov_w2, None, s, e)
+                t_index = None
                 if target_flat is not None and target_rows is not None:
                     rows = target_rows[s:e]
                     if dedupe:
                         rows, t_index = torch.unique(rows, return_inverse=True)
                     t_logits = _mm_f32(target_flat.index_select(0, rows), lm_head)
                     computed_rows += rows.shape[0]
-                ce_c, tv_c, cor_c, g = rows_fn(logits, t_logits, t_index, labels[s:e], ce_coef[s:e], tv_coef[s:e],
-                                               want_grad, lm_head.dtype)
+                coefs = (ce_coef[s:e], tv_coef[s:e]) if want_grad else None
+                ce_c, tv_c, cor_c, g = rows_fn(logits, t_logits, t_index, labels[s:e], coefs, lm_head.dtype)
                 del logits, t_logits
                 ce[s:e] = ce_c
                 tv[s:e] = tv_c
