@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from dspark_trainer.loss import (
+    VocabRows,
     accumulate_stats,
     global_denominator,
     local_denominator,
@@ -153,10 +154,10 @@ def _vocab_inputs(
 @pytest.mark.parametrize("chunk", [1, 8, 37, 100])
 def test_chunked_equals_unchunked_values_and_gradients(chunk: int) -> None:
     h, f, w, w2, y, t, gce, gtv = _vocab_inputs()
-    ref = vocab_terms_reference(h, f, w, w2, y, t)
+    ref = vocab_terms_reference(VocabRows(h, w, y, f, w2), t)
     assert ref.tv is not None
     grads_ref = torch.autograd.grad((ref.ce * gce).sum() + (ref.tv * gtv).sum(), (h, f, w2))
-    got = vocab_terms_chunked(h, f, w, w2, y, t, chunk_size=chunk)
+    got = vocab_terms_chunked(VocabRows(h, w, y, f, w2), t, chunk_size=chunk)
     assert got.tv is not None
     grads = torch.autograd.grad((got.ce * gce).sum() + (got.tv * gtv).sum(), (h, f, w2))
     torch.testing.assert_close(got.ce, ref.ce, rtol=1e-5, atol=1e-6)
@@ -169,8 +170,8 @@ def test_chunked_equals_unchunked_values_and_gradients(chunk: int) -> None:
 def test_chunked_gradient_to_the_lm_head_when_it_trains() -> None:
     h, f, w, w2, y, t, gce, gtv = _vocab_inputs()
     w.requires_grad_(True)
-    ref = vocab_terms_reference(h, f, w, w2, y, t)
-    got = vocab_terms_chunked(h, f, w, w2, y, t, chunk_size=6)
+    ref = vocab_terms_reference(VocabRows(h, w, y, f, w2), t)
+    got = vocab_terms_chunked(VocabRows(h, w, y, f, w2), t, chunk_size=6)
     assert ref.tv is not None and got.tv is not None
     (gr,) = torch.autograd.grad((ref.ce * gce).sum() + (ref.tv * gtv).sum(), (w,))
     (gc,) = torch.autograd.grad((got.ce * gce).sum() + (got.tv * gtv).sum(), (w,))
@@ -228,9 +229,9 @@ def test_chunked_peak_memory_is_bounded_by_the_chunk() -> None:
     def run(chunk_size: int | None) -> tuple[int, int]:
         def fwd() -> torch.Tensor:
             if chunk_size is None:
-                vt = vocab_terms_reference(h, f, w, w2, y, t)
+                vt = vocab_terms_reference(VocabRows(h, w, y, f, w2), t)
             else:
-                vt = vocab_terms_chunked(h, f, w, w2, y, t, chunk_size=chunk_size)
+                vt = vocab_terms_chunked(VocabRows(h, w, y, f, w2), t, chunk_size=chunk_size)
             assert vt.tv is not None
             return (vt.ce * gce).sum() + (vt.tv * gtv).sum()
 

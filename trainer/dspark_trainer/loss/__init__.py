@@ -4,6 +4,7 @@ from dspark_trainer.loss.dspark_loss import TERMS, LossOutput, LossWeights, dspa
 from dspark_trainer.loss.metrics import DSparkMetrics, accumulate_stats, all_reduce_stats, summarize
 from dspark_trainer.loss.vocab import (
     FusedVocabLoss,
+    VocabRows,
     VocabTerms,
     draft_logits,
     target_probs,
@@ -20,6 +21,7 @@ __all__ = [
     "FusedVocabLoss",
     "LossOutput",
     "LossWeights",
+    "VocabRows",
     "VocabTerms",
     "accumulate_stats",
     "all_reduce_stats",

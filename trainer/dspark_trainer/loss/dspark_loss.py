@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dspark_trainer.config.draft import DraftSettings
-from dspark_trainer.loss.vocab import vocab_loss_fused, vocab_terms
+from dspark_trainer.loss.vocab import VocabRows, vocab_loss_fused, vocab_terms
 
 TERMS = ("ce", "l1", "confidence")
 
@@ -97,6 +97,7 @@ def dspark_loss(
     h_sel = hidden.reshape(-1, hid).index_select(0, flat_sel)
     f_sel = None if markov_feats is None else markov_feats.reshape(-1, markov_feats.shape[-1]).index_select(0, flat_sel)
     y_sel = labels.reshape(-1).index_select(0, flat_sel)
+    rows_sel = VocabRows(h=h_sel, lm_head=lm_head, labels=y_sel, feats=f_sel, markov_w2=markov_w2)
     w_sel = weights.reshape(-1).index_select(0, flat_sel).float()
     t_sel = flat_t = t_rows = None
     if target_last_hidden is not None:
@@ -116,7 +117,7 @@ def dspark_loss(
         w_scaled = w_sel.detach() * scale
         ce_coef = w_scaled * alphas.ce if alphas.ce > 0 else torch.zeros_like(w_scaled)
         tv_coef = w_scaled * alphas.l1 if (alphas.l1 > 0 and flat_t is not None) else torch.zeros_like(w_scaled)
-        fv = vocab_loss_fused(h_sel, f_sel, lm_head, markov_w2, y_sel, ce_coef, tv_coef, flat_t, t_rows,
+        fv = vocab_loss_fused(rows_sel, ce_coef, tv_coef, flat_t, t_rows,
                               chunk_size=chunk_size, dedupe_target=dedupe_target, compile_rows=compile_rows)
         vt, fused_loss = fv.terms, fv.loss
         if info is not None:
@@ -124,7 +125,7 @@ def dspark_loss(
     else:
         if flat_t is not None and t_rows is not None:
             t_sel = flat_t.index_select(0, t_rows)
-        vt = vocab_terms(h_sel, f_sel, lm_head, markov_w2, y_sel, t_sel, chunk_size=chunk_size)
+        vt = vocab_terms(rows_sel, t_sel, chunk_size=chunk_size)
         if info is not None:
             info["target_rows"] = float(0 if t_sel is None else t_sel.shape[0])
     if info is not None:

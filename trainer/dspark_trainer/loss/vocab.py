@@ -8,10 +8,11 @@ and the target's final hidden ``t [N, H]`` (optional):
     tv     = sum_v |softmax(logits) - softmax(t @ lm_head^T)|  (the "L1" term; c* = 1 - tv / 2)
     correct = argmax(logits) == label
 
-``vocab_terms_reference`` does this with plain autograd over all positions at once (``[N, V]`` float32
-tensors are kept for backward). ``vocab_terms_chunked`` is a custom autograd function that processes
-``chunk_size`` positions at a time in forward and recomputes the logits chunk by chunk in backward,
-so the largest temporaries are ``[chunk_size, V]`` and nothing of size ``[N, V]`` is saved.
+The inputs travel together as ``VocabRows``. ``vocab_terms_reference`` does this with plain autograd over
+all positions at once (``[N, V]`` float32 tensors are kept for backward). ``vocab_terms_chunked`` is a
+custom autograd function that processes ``chunk_size`` positions at a time in forward and recomputes the
+logits chunk by chunk in backward, so the largest temporaries are ``[chunk_size, V]`` and nothing of size
+``[N, V]`` is saved. ``vocab_loss_fused`` (the training path) forms the gradient in the forward pass.
 """
 
 from __future__ import annotations
@@ -64,14 +65,35 @@ def target_probs(target_hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Te
     return torch.softmax(_mm_f32(target_hidden, lm_head), dim=-1)
 
 
-def _check(
-    h: torch.Tensor, feats: torch.Tensor | None, markov_w2: torch.Tensor | None, chunk_size: int | None = None
-) -> None:
-    if (feats is None) != (markov_w2 is None):
-        raise ValueError("Markov features and markov_w2 must be given together")
-    if h.dim() != 2:
-        raise ValueError(f"hidden must be [N, H], got {tuple(h.shape)}")
-    if chunk_size is not None and chunk_size < 1:
+@dataclass(frozen=True)
+class VocabRows:
+    """The ``N`` rows projected onto the vocabulary: draft hidden ``h [N, H]``, the LM head ``lm_head [V, H]``,
+    ``labels [N]`` and, both or neither, the Markov features ``feats [N, r]`` with their weight
+    ``markov_w2 [V, r]``."""
+
+    h: torch.Tensor
+    lm_head: torch.Tensor
+    labels: torch.Tensor
+    feats: torch.Tensor | None = None
+    markov_w2: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.feats is None) != (self.markov_w2 is None):
+            raise ValueError("Markov features and markov_w2 must be given together")
+        if self.h.dim() != 2:
+            raise ValueError(f"hidden must be [N, H], got {tuple(self.h.shape)}")
+
+    def logits(self) -> torch.Tensor:
+        """``[N, V]`` float32 draft logits of all rows."""
+        return draft_logits(self.h, self.feats, self.lm_head, self.markov_w2)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(h, feats, lm_head, markov_w2, labels)``: the leading inputs of the chunked autograd functions."""
+        return self.h, self.feats, self.lm_head, self.markov_w2, self.labels
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
@@ -143,24 +165,16 @@ class _InputGrads:
             self.markov_w2 += _mm_out(grad_logits.t(), f_c.float() if float32_weights else f_c, torch.float32)
 
 
-def vocab_terms_reference(
-    h: torch.Tensor,
-    feats: torch.Tensor | None,
-    lm_head: torch.Tensor,
-    markov_w2: torch.Tensor | None,
-    labels: torch.Tensor,
-    target_hidden: torch.Tensor | None = None,
-) -> VocabTerms:
+def vocab_terms_reference(rows: VocabRows, target_hidden: torch.Tensor | None = None) -> VocabTerms:
     """Unchunked autograd reference (materialises ``[N, V]`` float32 tensors)."""
-    _check(h, feats, markov_w2)
-    with torch.autocast(h.device.type, enabled=False):
-        logits = draft_logits(h, feats, lm_head, markov_w2)
+    with torch.autocast(rows.h.device.type, enabled=False):
+        logits = rows.logits()
         logp = torch.log_softmax(logits, dim=-1)
-        ce = -logp.gather(1, labels.view(-1, 1)).squeeze(1)
-        correct = logits.detach().argmax(dim=-1) == labels
+        ce = -logp.gather(1, rows.labels.view(-1, 1)).squeeze(1)
+        correct = logits.detach().argmax(dim=-1) == rows.labels
         tv = None
         if target_hidden is not None:
-            pt = target_probs(target_hidden, lm_head.detach()).detach()
+            pt = target_probs(target_hidden, rows.lm_head.detach()).detach()
             tv = (logp.exp() - pt).abs().sum(dim=-1)
     return VocabTerms(ce=ce, tv=tv, correct=correct)
 
@@ -218,23 +232,16 @@ class _ChunkedVocabTerms(torch.autograd.Function):
 
 
 def vocab_terms_chunked(
-    h: torch.Tensor,
-    feats: torch.Tensor | None,
-    lm_head: torch.Tensor,
-    markov_w2: torch.Tensor | None,
-    labels: torch.Tensor,
-    target_hidden: torch.Tensor | None = None,
-    *,
-    chunk_size: int = 1024,
+    rows: VocabRows, target_hidden: torch.Tensor | None = None, *, chunk_size: int = 1024
 ) -> VocabTerms:
     """Same values and gradients as ``vocab_terms_reference`` with memory bounded by one chunk.
 
     The target's final hidden state never receives a gradient (it is data).
     """
-    _check(h, feats, markov_w2, chunk_size)
+    _check_chunk_size(chunk_size)
     t = None if target_hidden is None else target_hidden.detach()
-    with torch.autocast(h.device.type, enabled=False):
-        ce, tv, correct = _ChunkedVocabTerms.apply(h, feats, lm_head, markov_w2, labels, t, chunk_size)
+    with torch.autocast(rows.h.device.type, enabled=False):
+        ce, tv, correct = _ChunkedVocabTerms.apply(*rows.tensors(), t, chunk_size)
     return VocabTerms(ce=ce, tv=tv if target_hidden is not None else None, correct=correct)
 
 
@@ -390,11 +397,7 @@ def _mm_out(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.T
 
 
 def vocab_loss_fused(
-    h: torch.Tensor,
-    feats: torch.Tensor | None,
-    lm_head: torch.Tensor,
-    markov_w2: torch.Tensor | None,
-    labels: torch.Tensor,
+    rows: VocabRows,
     ce_coef: torch.Tensor,
     tv_coef: torch.Tensor,
     target_flat: torch.Tensor | None = None,
@@ -406,20 +409,20 @@ def vocab_loss_fused(
 ) -> FusedVocabLoss:
     """``sum_i ce_coef_i * ce_i + tv_coef_i * tv_i`` with its gradient computed in the forward pass.
 
-    ``h [N, H]``, ``feats [N, r]`` (optional, with ``markov_w2``), ``labels [N]``; the target's final
-    hidden states are ``target_flat [M, H]`` and row ``i`` uses ``target_flat[target_rows[i]]``. With
+    The target's final hidden states are ``target_flat [M, H]`` and row ``i`` uses
+    ``target_flat[target_rows[i]]``. With
     ``dedupe_target`` each chunk computes the target logits once per distinct row (block positions
     ``a + j`` overlap across anchors). ``compile_rows`` (default: on CUDA) compiles the per-row math.
     Same values and gradients as ``vocab_terms_reference`` with ``ce_coef``/``tv_coef`` weighting.
     """
-    _check(h, feats, markov_w2, chunk_size)
+    _check_chunk_size(chunk_size)
     if (target_flat is None) != (target_rows is None):
         raise ValueError("target_flat and target_rows must be given together")
     t = None if target_flat is None else target_flat.detach()
     info: dict[str, Any] = {}
-    with torch.autocast(h.device.type, enabled=False):
+    with torch.autocast(rows.h.device.type, enabled=False):
         loss, ce, tv, correct = _FusedVocabLossFn.apply(
-            h, feats, lm_head, markov_w2, labels, t, target_rows, ce_coef.detach().float(),
+            *rows.tensors(), t, target_rows, ce_coef.detach().float(),
             tv_coef.detach().float(), chunk_size, dedupe_target, compile_rows, info,
         )
     terms = VocabTerms(ce=ce, tv=tv if target_flat is not None else None, correct=correct)
@@ -427,16 +430,9 @@ def vocab_loss_fused(
 
 
 def vocab_terms(
-    h: torch.Tensor,
-    feats: torch.Tensor | None,
-    lm_head: torch.Tensor,
-    markov_w2: torch.Tensor | None,
-    labels: torch.Tensor,
-    target_hidden: torch.Tensor | None = None,
-    *,
-    chunk_size: int | None = 1024,
+    rows: VocabRows, target_hidden: torch.Tensor | None = None, *, chunk_size: int | None = 1024
 ) -> VocabTerms:
     """The chunked path when ``chunk_size`` is set (> 0), else the unchunked reference."""
     if chunk_size:
-        return vocab_terms_chunked(h, feats, lm_head, markov_w2, labels, target_hidden, chunk_size=chunk_size)
-    return vocab_terms_reference(h, feats, lm_head, markov_w2, labels, target_hidden)
+        return vocab_terms_chunked(rows, target_hidden, chunk_size=chunk_size)
+    return vocab_terms_reference(rows, target_hidden)
